@@ -1,0 +1,252 @@
+//! The TOML policy: schema, defaults and validation.
+//!
+//! A policy file is read once into [`Config`], a plain immutable value with every default
+//! applied and every reference checked. Mistakes are collected, not stopped at, so one
+//! `portcullis check-config` run shows all of them as `file:line:column: key: message`.
+
+mod raw;
+mod source;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{Method, Uri};
+
+use crate::gate::route::PathTemplate;
+
+pub use source::{Location, SourceText};
+
+/// A validated policy: what the sidecar runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The TLS listener and its limits.
+    pub server: ServerConfig,
+    /// The backend.
+    pub upstream: UpstreamConfig,
+    /// Where state is kept.
+    pub storage: StorageConfig,
+    /// The routes partners may call, in file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address the TLS listener binds.
+    pub listen: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// A client that has not finished the TLS handshake by then is dropped.
+    pub tls_handshake_timeout: Duration,
+    /// An HTTP/1.1 client must send a complete header section within this time, counted from
+    /// the connection's start or the previous answer, so it also closes idle keep-alive
+    /// connections.
+    pub header_read_timeout: Duration,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
+    /// Largest header section accepted, counted as RFC 9113 §6.5.2 does (name + value + 32).
+    pub max_header_bytes: usize,
+    /// Most header fields accepted in one request.
+    pub max_headers: usize,
+    /// Largest request body accepted; enforced while streaming.
+    pub max_body_bytes: u64,
+    /// Most client connections held open at once; more are closed on accept.
+    pub max_connections: usize,
+    /// HTTP/2 stream limits.
+    pub http2: Http2Config,
+}
+
+/// `[server.http2]`.
+#[derive(Debug, Clone)]
+pub struct Http2Config {
+    /// Concurrent streams one connection may open.
+    pub max_concurrent_streams: u32,
+    /// Streams reset by the client before being accepted (rapid-reset defence).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset because of client errors before closing the connection.
+    pub max_local_error_reset_streams: usize,
+    /// How often a PING checks an idle HTTP/2 connection.
+    pub keep_alive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keep_alive_timeout: Duration,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The production backend (`http` or `https`, optional path prefix).
+    pub url: Uri,
+    /// Where test-key traffic goes, when set, so sandbox data never reaches production.
+    pub sandbox_url: Option<Uri>,
+    /// Time allowed to open a TCP (and TLS) connection to the backend.
+    pub connect_timeout: Duration,
+    /// Time allowed from sending a request until the backend's response head arrives.
+    pub response_timeout: Duration,
+    /// Idle pooled connections kept per backend host.
+    pub pool_max_idle_per_host: usize,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Extra PEM CA bundle trusted for `https` backends, besides the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Directory for the sidecar's state.
+    pub data_dir: PathBuf,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Stable name, used in audit records and metrics instead of the raw path.
+    pub name: String,
+    /// The method this route answers.
+    pub method: Method,
+    /// The path template.
+    pub path: PathTemplate,
+    /// The scope a key needs for this route.
+    pub scope: ScopeRequirement,
+}
+
+/// What a key must hold to use a route: deny by default, so "no scope" is spelled out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeRequirement {
+    /// The key must carry this scope.
+    Scope(String),
+    /// Any valid key may call the route (`any_key = true`).
+    AnyKey,
+}
+
+/// One mistake in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The file the mistake is in.
+    pub file: PathBuf,
+    /// Where in the file.
+    pub location: Location,
+    /// The dotted key, e.g. `server.listen` or `route[2].path`.
+    pub key: String,
+    /// What is wrong and, where it helps, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file.display(),
+            self.location.line,
+            self.location.column,
+            self.key,
+            self.message
+        )
+    }
+}
+
+/// Why a policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read; these are its mistakes, in file order.
+    #[error("{}", render_issues(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+impl ConfigError {
+    /// The individual mistakes (empty for a read error).
+    pub fn issues(&self) -> &[ConfigIssue] {
+        match self {
+            Self::Invalid(issues) => issues,
+            Self::Read { .. } => &[],
+        }
+    }
+}
+
+fn render_issues(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and validates a policy file. Relative paths in it are relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::parse(&SourceText::new(path, text), base)
+    }
+
+    /// Validates policy text; relative paths are resolved against `base_dir`.
+    pub fn parse(source: &SourceText, base_dir: &Path) -> Result<Self, ConfigError> {
+        validate::validate(source, base_dir)
+    }
+}
+
+impl Config {
+    /// Validates policy text after replacing some keys, e.g. the demo's listen address,
+    /// generated certificate paths and the bundled backend's URL.
+    ///
+    /// `overrides` are dotted keys (`"server.listen"`); missing tables are created.
+    pub fn parse_with_overrides(
+        source: &SourceText,
+        base_dir: &Path,
+        overrides: &[(&str, toml::Value)],
+    ) -> Result<Self, ConfigError> {
+        let Ok(mut table) = source.text().parse::<toml::Table>() else {
+            // Let the normal path report the syntax error with its location.
+            return Self::parse(source, base_dir);
+        };
+        for (key, value) in overrides {
+            set_dotted(&mut table, key, value.clone());
+        }
+        let text = toml::to_string(&table).map_err(|error| {
+            ConfigError::Invalid(vec![ConfigIssue {
+                file: source.path().to_owned(),
+                location: Location { line: 1, column: 1 },
+                key: "(file)".to_owned(),
+                message: error.to_string(),
+            }])
+        })?;
+        Self::parse(&SourceText::new(source.path(), text), base_dir)
+    }
+}
+
+fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop() else { return };
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
+        current = next;
+    }
+    current.insert(last.to_owned(), value);
+}

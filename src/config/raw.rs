@@ -1,0 +1,81 @@
+//! The policy file exactly as written: every field optional and spanned, so validation can
+//! apply defaults and point at the line of each mistake. Nothing outside `config` sees these
+//! types; the rest of the crate works with the validated [`super::Config`].
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A spanned optional value: absent keys take their documented default.
+pub type Opt<T> = Option<Spanned<T>>;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: Option<Spanned<RawServer>>,
+    pub upstream: Option<Spanned<RawUpstream>>,
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `[server]`: the TLS listener and its limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Opt<String>,
+    pub cert: Opt<String>,
+    pub key: Opt<String>,
+    pub tls_handshake_timeout: Opt<String>,
+    pub header_read_timeout: Opt<String>,
+    pub drain_timeout: Opt<String>,
+    pub max_header_bytes: Opt<i64>,
+    pub max_headers: Opt<i64>,
+    pub max_body_bytes: Opt<i64>,
+    pub max_connections: Opt<i64>,
+    #[serde(default)]
+    pub http2: RawHttp2,
+}
+
+/// `[server.http2]`: stream limits that blunt rapid-reset and stream-flood attacks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp2 {
+    pub max_concurrent_streams: Opt<i64>,
+    pub max_pending_accept_reset_streams: Opt<i64>,
+    pub max_local_error_reset_streams: Opt<i64>,
+    pub keep_alive_interval: Opt<String>,
+    pub keep_alive_timeout: Opt<String>,
+}
+
+/// `[upstream]`: the backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: Opt<String>,
+    pub sandbox_url: Opt<String>,
+    pub connect_timeout: Opt<String>,
+    pub response_timeout: Opt<String>,
+    pub pool_max_idle_per_host: Opt<i64>,
+    pub pool_idle_timeout: Opt<String>,
+    pub ca_file: Opt<String>,
+}
+
+/// `[storage]`: where state lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub data_dir: Opt<String>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Opt<String>,
+    pub method: Opt<String>,
+    pub path: Opt<String>,
+    pub scope: Opt<String>,
+    pub any_key: Opt<bool>,
+}

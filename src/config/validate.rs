@@ -1,0 +1,534 @@
+//! From the file as written ([`super::raw`]) to a checked [`Config`], collecting every mistake.
+
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::{Method, Uri};
+use toml::Spanned;
+
+use super::raw::{Opt, RawConfig, RawHttp2, RawRoute, RawServer, RawStorage, RawUpstream};
+use super::{
+    Config, ConfigError, ConfigIssue, Http2Config, RouteConfig, ScopeRequirement, ServerConfig,
+    SourceText, StorageConfig, UpstreamConfig,
+};
+use crate::gate::route::{PathTemplate, RouteTable};
+
+/// Longest route name or scope name: they become audit fields and metric labels.
+const MAX_NAME_LEN: usize = 64;
+
+pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = match toml::from_str(source.text()) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let span = error.span().unwrap_or(0..0);
+            let key = source.key_at(&span).unwrap_or_else(|| "(file)".to_owned());
+            let issue = ConfigIssue {
+                file: source.path().to_owned(),
+                location: source.locate(span.start),
+                key,
+                message: error.message().trim().to_owned(),
+            };
+            return Err(ConfigError::Invalid(vec![issue]));
+        }
+    };
+    let mut v = Validator {
+        source,
+        base_dir,
+        issues: Vec::new(),
+    };
+    let server = v.server(raw.server);
+    let upstream = v.upstream(raw.upstream);
+    let storage = v.storage(raw.storage);
+    let routes = v.routes(raw.routes);
+    if !v.issues.is_empty() {
+        let mut issues = v.issues;
+        issues.sort_by_key(|issue| (issue.location.line, issue.location.column));
+        return Err(ConfigError::Invalid(issues));
+    }
+    match (server, upstream, routes) {
+        (Some(server), Some(upstream), Some(routes)) => Ok(Config {
+            server,
+            upstream,
+            storage,
+            routes,
+        }),
+        // Every `None` above is accompanied by an issue, so this arm is only a safety net.
+        _ => Err(ConfigError::Invalid(vec![ConfigIssue {
+            file: source.path().to_owned(),
+            location: source.locate(0),
+            key: "(file)".to_owned(),
+            message: "incomplete configuration".to_owned(),
+        }])),
+    }
+}
+
+struct Validator<'a> {
+    source: &'a SourceText,
+    base_dir: &'a Path,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Validator<'_> {
+    fn report(&mut self, key: impl Into<String>, span: &Range<usize>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            file: self.source.path().to_owned(),
+            location: self.source.locate(span.start),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn required<'v, T>(
+        &mut self,
+        key: &str,
+        value: &'v Opt<T>,
+        parent: &Range<usize>,
+    ) -> Option<&'v Spanned<T>> {
+        if value.is_none() {
+            self.report(key, parent, "is required");
+        }
+        value.as_ref()
+    }
+
+    fn duration(&mut self, key: &str, value: &Opt<String>, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(duration) if !duration.is_zero() => duration,
+            Ok(_) => {
+                self.report(key, &value.span(), "must be longer than zero");
+                default
+            }
+            Err(error) => {
+                self.report(
+                    key,
+                    &value.span(),
+                    format!("is not a duration ({error}); write e.g. \"500ms\", \"30s\", \"5m\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn count(
+        &mut self,
+        key: &str,
+        value: &Opt<i64>,
+        default: u64,
+        range: RangeInclusive<u64>,
+    ) -> u64 {
+        let Some(value) = value else { return default };
+        match u64::try_from(*value.get_ref()) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                self.report(
+                    key,
+                    &value.span(),
+                    format!("must be between {} and {}", range.start(), range.end()),
+                );
+                default
+            }
+        }
+    }
+
+    fn readable_file(&mut self, key: &str, value: &Spanned<String>) -> PathBuf {
+        let path = self.resolve(value.get_ref());
+        match std::fs::File::open(&path).and_then(|f| f.metadata()) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => self.report(
+                key,
+                &value.span(),
+                format!("{} is not a regular file", path.display()),
+            ),
+            Err(error) => self.report(
+                key,
+                &value.span(),
+                format!("cannot read {}: {error}", path.display()),
+            ),
+        }
+        path
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    fn server(&mut self, raw: Option<Spanned<RawServer>>) -> Option<ServerConfig> {
+        let Some(raw) = raw else {
+            self.report(
+                "server",
+                &(0..0),
+                "the [server] section is required (listen, cert, key)",
+            );
+            return None;
+        };
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let listen = match &raw.listen {
+            None => Some(default_listen()),
+            Some(value) => match value.get_ref().parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.report(
+                        "server.listen",
+                        &value.span(),
+                        "is not an IP address with a port, e.g. \"0.0.0.0:8443\" or \"[::]:8443\"",
+                    );
+                    None
+                }
+            },
+        };
+        let cert = self
+            .required("server.cert", &raw.cert, &span)
+            .map(|v| self.readable_file("server.cert", v));
+        let key = self
+            .required("server.key", &raw.key, &span)
+            .map(|v| self.readable_file("server.key", v));
+        let config = ServerConfig {
+            listen: listen?,
+            cert: cert?,
+            key: key?,
+            tls_handshake_timeout: self.duration(
+                "server.tls_handshake_timeout",
+                &raw.tls_handshake_timeout,
+                Duration::from_secs(10),
+            ),
+            header_read_timeout: self.duration(
+                "server.header_read_timeout",
+                &raw.header_read_timeout,
+                Duration::from_secs(10),
+            ),
+            drain_timeout: self.duration(
+                "server.drain_timeout",
+                &raw.drain_timeout,
+                Duration::from_secs(30),
+            ),
+            max_header_bytes: self.count(
+                "server.max_header_bytes",
+                &raw.max_header_bytes,
+                16 * 1024,
+                1024..=1024 * 1024,
+            ) as usize,
+            max_headers: self.count("server.max_headers", &raw.max_headers, 100, 1..=1000) as usize,
+            max_body_bytes: self.count(
+                "server.max_body_bytes",
+                &raw.max_body_bytes,
+                10 * 1024 * 1024,
+                1..=(1 << 40),
+            ),
+            max_connections: self.count(
+                "server.max_connections",
+                &raw.max_connections,
+                4096,
+                1..=1_000_000,
+            ) as usize,
+            http2: self.http2(&raw.http2),
+        };
+        Some(config)
+    }
+
+    fn http2(&mut self, raw: &RawHttp2) -> Http2Config {
+        Http2Config {
+            max_concurrent_streams: self.count(
+                "server.http2.max_concurrent_streams",
+                &raw.max_concurrent_streams,
+                128,
+                1..=10_000,
+            ) as u32,
+            max_pending_accept_reset_streams: self.count(
+                "server.http2.max_pending_accept_reset_streams",
+                &raw.max_pending_accept_reset_streams,
+                20,
+                1..=10_000,
+            ) as usize,
+            max_local_error_reset_streams: self.count(
+                "server.http2.max_local_error_reset_streams",
+                &raw.max_local_error_reset_streams,
+                1024,
+                1..=100_000,
+            ) as usize,
+            keep_alive_interval: self.duration(
+                "server.http2.keep_alive_interval",
+                &raw.keep_alive_interval,
+                Duration::from_secs(30),
+            ),
+            keep_alive_timeout: self.duration(
+                "server.http2.keep_alive_timeout",
+                &raw.keep_alive_timeout,
+                Duration::from_secs(10),
+            ),
+        }
+    }
+
+    fn upstream_url(&mut self, key: &str, value: &Spanned<String>) -> Option<Uri> {
+        let problem = match Uri::from_str(value.get_ref()) {
+            Err(error) => Some(format!("is not a URL ({error})")),
+            Ok(uri) => match (uri.scheme_str(), uri.authority()) {
+                (Some("http" | "https"), Some(authority)) if authority.as_str().contains('@') => {
+                    Some(
+                        "must not carry credentials; backends are reached without userinfo"
+                            .to_owned(),
+                    )
+                }
+                (Some("http" | "https"), Some(_)) if uri.query().is_some() => {
+                    Some("must not have a query string".to_owned())
+                }
+                (Some("http" | "https"), Some(_)) => return Some(uri),
+                _ => Some("must be an absolute http:// or https:// URL".to_owned()),
+            },
+        };
+        if let Some(problem) = problem {
+            self.report(key, &value.span(), problem);
+        }
+        None
+    }
+
+    fn upstream(&mut self, raw: Option<Spanned<RawUpstream>>) -> Option<UpstreamConfig> {
+        let Some(raw) = raw else {
+            self.report(
+                "upstream",
+                &(0..0),
+                "the [upstream] section is required (url)",
+            );
+            return None;
+        };
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let url = self
+            .required("upstream.url", &raw.url, &span)
+            .and_then(|v| self.upstream_url("upstream.url", v));
+        let sandbox_url = match &raw.sandbox_url {
+            None => Ok(None),
+            Some(v) => self
+                .upstream_url("upstream.sandbox_url", v)
+                .map(Some)
+                .ok_or(()),
+        };
+        let ca_file = raw
+            .ca_file
+            .as_ref()
+            .map(|v| self.readable_file("upstream.ca_file", v));
+        let config = UpstreamConfig {
+            url: url?,
+            sandbox_url: sandbox_url.ok()?,
+            connect_timeout: self.duration(
+                "upstream.connect_timeout",
+                &raw.connect_timeout,
+                Duration::from_secs(3),
+            ),
+            response_timeout: self.duration(
+                "upstream.response_timeout",
+                &raw.response_timeout,
+                Duration::from_secs(30),
+            ),
+            pool_max_idle_per_host: self.count(
+                "upstream.pool_max_idle_per_host",
+                &raw.pool_max_idle_per_host,
+                64,
+                0..=10_000,
+            ) as usize,
+            pool_idle_timeout: self.duration(
+                "upstream.pool_idle_timeout",
+                &raw.pool_idle_timeout,
+                Duration::from_secs(90),
+            ),
+            ca_file,
+        };
+        Some(config)
+    }
+
+    fn storage(&mut self, raw: RawStorage) -> StorageConfig {
+        let data_dir = match &raw.data_dir {
+            Some(dir) if dir.get_ref().trim().is_empty() => {
+                self.report("storage.data_dir", &dir.span(), "must not be empty");
+                PathBuf::new()
+            }
+            Some(dir) => self.resolve(dir.get_ref()),
+            None => PathBuf::from("/var/lib/portcullis"),
+        };
+        StorageConfig { data_dir }
+    }
+
+    fn routes(&mut self, raw: Vec<Spanned<RawRoute>>) -> Option<Vec<RouteConfig>> {
+        let mut routes = Vec::with_capacity(raw.len());
+        let mut path_spans = Vec::with_capacity(raw.len());
+        let mut complete = true;
+        for (index, route) in raw.iter().enumerate() {
+            match self.route(index, route, &raw[..index]) {
+                Some(parsed) => {
+                    path_spans.push(
+                        route
+                            .get_ref()
+                            .path
+                            .as_ref()
+                            .map_or(route.span(), Spanned::span),
+                    );
+                    routes.push(parsed);
+                }
+                None => complete = false,
+            }
+        }
+        if !complete {
+            return None;
+        }
+        let shapes: Vec<_> = routes
+            .iter()
+            .map(|r| (r.method.clone(), r.path.clone()))
+            .collect();
+        if let Err(conflicts) = RouteTable::build(&shapes) {
+            for conflict in conflicts {
+                let first = &routes[conflict.first];
+                self.report(
+                    format!("route[{}].path", conflict.second),
+                    &path_spans[conflict.second],
+                    format!(
+                        "{} {} cannot be told apart from route \"{}\" ({} {})",
+                        routes[conflict.second].method,
+                        routes[conflict.second].path.as_str(),
+                        first.name,
+                        first.method,
+                        first.path.as_str()
+                    ),
+                );
+            }
+            return None;
+        }
+        Some(routes)
+    }
+
+    fn route(
+        &mut self,
+        index: usize,
+        spanned: &Spanned<RawRoute>,
+        earlier: &[Spanned<RawRoute>],
+    ) -> Option<RouteConfig> {
+        let span = spanned.span();
+        let raw = spanned.get_ref();
+        let key = |field: &str| format!("route[{index}].{field}");
+
+        let name = self
+            .required(&key("name"), &raw.name, &span)
+            .and_then(|name| {
+                let text = name.get_ref();
+                if !is_policy_name(text) {
+                    self.report(
+                        key("name"),
+                        &name.span(),
+                        format!("must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ : -"),
+                    );
+                    return None;
+                }
+                let duplicate = earlier.iter().any(|other| {
+                    other
+                        .get_ref()
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| n.get_ref() == text)
+                });
+                if duplicate {
+                    self.report(
+                        key("name"),
+                        &name.span(),
+                        format!("route name \"{text}\" is used twice"),
+                    );
+                    return None;
+                }
+                Some(text.clone())
+            });
+
+        let method = self
+            .required(&key("method"), &raw.method, &span)
+            .and_then(|method| {
+                let text = method.get_ref();
+                let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase());
+                match Method::from_bytes(text.as_bytes()) {
+                    Ok(m) if valid && m != Method::CONNECT && m != Method::TRACE => Some(m),
+                    _ => {
+                        self.report(
+                        key("method"),
+                        &method.span(),
+                        "must be an upper-case HTTP method such as GET, POST, PUT, PATCH or DELETE \
+                         (CONNECT and TRACE are never proxied)",
+                    );
+                        None
+                    }
+                }
+            });
+
+        let path = self
+            .required(&key("path"), &raw.path, &span)
+            .and_then(|path| match PathTemplate::parse(path.get_ref()) {
+                Ok(template) => Some(template),
+                Err(error) => {
+                    self.report(key("path"), &path.span(), error.to_string());
+                    None
+                }
+            });
+
+        let any_key = raw.any_key.as_ref().is_some_and(|a| *a.get_ref());
+        let scope = match &raw.scope {
+            Some(scope) if any_key => {
+                self.report(
+                    key("scope"),
+                    &scope.span(),
+                    "set either scope or any_key = true, not both",
+                );
+                None
+            }
+            Some(scope) if !is_scope_name(scope.get_ref()) => {
+                self.report(
+                    key("scope"),
+                    &scope.span(),
+                    format!("must be 1-{MAX_NAME_LEN} visible ASCII characters without spaces or commas"),
+                );
+                None
+            }
+            Some(scope) => Some(ScopeRequirement::Scope(scope.get_ref().clone())),
+            None if any_key => Some(ScopeRequirement::AnyKey),
+            None => {
+                self.report(
+                    key("scope"),
+                    &span,
+                    "is required: name the scope a key needs, or set any_key = true to let every \
+                     valid key call this route",
+                );
+                None
+            }
+        };
+
+        Some(RouteConfig {
+            name: name?,
+            method: method?,
+            path: path?,
+            scope: scope?,
+        })
+    }
+}
+
+/// Route names: short, printable, safe as a metric label and an audit field.
+fn is_policy_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_NAME_LEN
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Scope names are free strings from the policy, but must survive a comma-joined header.
+fn is_scope_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_NAME_LEN
+        && text.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+}
+
+/// The listen address used when `server.listen` is absent: loopback, so nothing is exposed
+/// by accident.
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 8443))
+}

@@ -1,0 +1,7 @@
+//! The gates a request passes, in order, before it may reach the backend.
+//!
+//! Each gate reads what earlier gates established and either lets the request through or
+//! returns a [`crate::problem::Problem`]. Nothing walks back up the chain.
+
+pub mod limits;
+pub mod route;

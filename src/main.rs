@@ -1,0 +1,149 @@
+//! The `portcullis` command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use portcullis::config::Config;
+use portcullis::policy::{Policy, PolicyHandle};
+use portcullis::server::{tls, Server};
+use portcullis::{demo, forward};
+
+/// Exit status for a configuration or start-up mistake the operator must fix.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A TLS-terminating security sidecar for clinical backends"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar with a policy file.
+    Serve {
+        /// The TOML policy file.
+        #[arg(long, short, default_value = "/etc/portcullis/portcullis.toml")]
+        config: PathBuf,
+    },
+    /// Validate a policy file (and the files it names) without starting anything.
+    CheckConfig {
+        /// The TOML policy file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the sidecar in front of the bundled fake clinical backend, with a generated CA.
+    Demo {
+        /// Address of the sidecar's TLS listener.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Directory for the demo's certificates and state (created if missing).
+        #[arg(long, default_value = "demo-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Serve { config } => run_async(serve(config)),
+        Command::Demo { listen, data_dir } => run_async(async move {
+            demo::run(demo::DemoOptions { listen, data_dir }, shutdown_signal())
+                .await
+                .map_err(|error| error.to_string())
+        }),
+    }
+}
+
+fn init_logging() {
+    let filter =
+        EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Runs a future on a multi-threaded runtime; `Err` texts are printed as one line, exit 2.
+fn run_async(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("portcullis: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("portcullis: {message}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut failed = false;
+    if let Err(error) = tls::load_certified_key(&config.server.cert, &config.server.key) {
+        eprintln!("{}: {error}", path.display());
+        failed = true;
+    }
+    if let Err(error) = forward::Forwarder::new(&config.upstream) {
+        eprintln!("{}: {error}", path.display());
+        failed = true;
+    }
+    if failed {
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    println!("ok");
+    ExitCode::SUCCESS
+}
+
+async fn serve(config_path: PathBuf) -> Result<(), String> {
+    let config = Config::load(&config_path).map_err(|error| error.to_string())?;
+    let policy = Policy::new(config).map_err(|error| error.to_string())?;
+    let server = Server::bind(PolicyHandle::new(policy))
+        .await
+        .map_err(|error| error.to_string())?;
+    tracing::info!(listen = %server.local_addr(), "portcullis listening");
+    server.serve(shutdown_signal()).await;
+    tracing::info!("portcullis stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the process with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,117 @@
+//! One client connection from the first byte to the last answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::sniff::{self, FirstByte};
+use super::tls::ALPN_H2;
+use crate::config::ServerConfig;
+use crate::policy::PolicyHandle;
+use crate::proxy::{self, ConnInfo};
+
+/// hyper's own parser ceilings are set this many times above the policy's limits, so the
+/// policy's limits answer with a problem document and hyper's remain a hard backstop.
+const PARSER_HEADROOM: usize = 2;
+
+/// Everything a connection task needs from the listener.
+pub(super) struct Connection {
+    pub acceptor: TlsAcceptor,
+    pub policies: PolicyHandle,
+    pub watcher: Watcher,
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl Connection {
+    pub async fn serve(mut self, tcp: TcpStream, peer: SocketAddr) {
+        let policy = self.policies.current();
+        let limits = &policy.config.server;
+        let patience = limits.tls_handshake_timeout;
+
+        let establish = async {
+            let first = tokio::time::timeout(patience, sniff::peek_first_byte(&tcp)).await;
+            let Ok(Ok(Some(first))) = first else {
+                return None;
+            };
+            match sniff::classify(first) {
+                FirstByte::Tls => {
+                    match tokio::time::timeout(patience, self.acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => Some(tls),
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "TLS handshake failed");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            None
+                        }
+                    }
+                }
+                FirstByte::PlainHttp => {
+                    sniff::answer_plain_http(tcp, patience).await;
+                    None
+                }
+                FirstByte::Unknown => None,
+            }
+        };
+        // A connection still handshaking when shutdown starts is simply dropped.
+        let tls = tokio::select! {
+            tls = establish => tls,
+            _ = self.stopping.wait_for(|stopping| *stopping) => None,
+        };
+        let Some(tls) = tls else { return };
+
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+        let conn = Arc::new(ConnInfo { peer });
+        let policies = self.policies.clone();
+        let service =
+            service_fn(move |request| proxy::handle(request, conn.clone(), policies.clone()));
+        let io = TokioIo::new(tls);
+        let result = if h2 {
+            self.watcher
+                .watch(http2_builder(limits).serve_connection(io, service))
+                .await
+        } else {
+            self.watcher
+                .watch(http1_builder(limits).serve_connection(io, service))
+                .await
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+    }
+}
+
+fn http1_builder(limits: &ServerConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .max_headers(limits.max_headers * PARSER_HEADROOM)
+        .max_buf_size((limits.max_header_bytes * PARSER_HEADROOM).max(8192));
+    builder
+}
+
+fn http2_builder(limits: &ServerConfig) -> http2::Builder<TokioExecutor> {
+    let h2 = &limits.http2;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(h2.max_local_error_reset_streams)
+        .keep_alive_interval(h2.keep_alive_interval)
+        .keep_alive_timeout(h2.keep_alive_timeout)
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes * PARSER_HEADROOM).unwrap_or(u32::MAX),
+        );
+    builder
+}
