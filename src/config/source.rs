@@ -57,27 +57,28 @@ impl SourceText {
             .find('\n')
             .map_or(self.text.len(), |i| offset + i);
         let line = &self.text[line_start..line_end];
+        let header_name = |text: &str| {
+            text.trim()
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned()
+        };
+        if line.trim_start().starts_with('[') {
+            return Some(header_name(line));
+        }
         let key = line
             .split_once('=')
             .map(|(key, _)| key.trim())
-            .filter(|key| !key.is_empty() && !key.starts_with('#') && !key.starts_with('['));
+            .filter(|key| !key.is_empty() && !key.starts_with('#'));
         let table = self.text[..line_start]
             .lines()
             .rev()
-            .map(str::trim)
-            .find(|l| l.starts_with('['))
-            .map(|header| {
-                header
-                    .trim_matches(|c| c == '[' || c == ']')
-                    .trim()
-                    .to_owned()
-            });
+            .find(|l| l.trim_start().starts_with('['))
+            .map(header_name);
         match (table, key) {
             (Some(table), Some(key)) => Some(format!("{table}.{key}")),
             (None, Some(key)) => Some(key.to_owned()),
-            (Some(_), None) if line.trim_start().starts_with('[') => None,
-            (Some(table), None) => Some(table),
-            (None, None) => None,
+            (table, None) => table,
         }
     }
 }
