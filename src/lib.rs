@@ -5,17 +5,23 @@
 //! backend. [`config`] and [`policy`] hold what the operator decided; [`problem`] is the one
 //! way a refusal is written. See `docs/architecture.md` for the whole picture.
 
+pub mod admin_log;
 pub mod body;
+pub mod builtin;
 pub mod config;
 pub mod demo;
 pub mod forward;
 pub mod gate;
+pub mod keys;
+pub mod orgs;
 pub mod pki;
 pub mod policy;
 pub mod problem;
 pub mod proxy;
 pub mod request_id;
 pub mod server;
+pub mod state;
+pub mod store;
 
 use std::sync::{Arc, OnceLock};
 

@@ -8,8 +8,9 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use portcullis::config::Config;
-use portcullis::policy::{Policy, PolicyHandle};
+use portcullis::policy::Policy;
 use portcullis::server::{tls, Server};
+use portcullis::state::State;
 use portcullis::{demo, forward};
 
 /// Exit status for a configuration or start-up mistake the operator must fix.
@@ -124,10 +125,11 @@ fn check_config(path: &Path) -> ExitCode {
 async fn serve(config_path: PathBuf) -> Result<(), String> {
     let config = Config::load(&config_path).map_err(|error| error.to_string())?;
     let policy = Policy::new(config).map_err(|error| error.to_string())?;
-    let server = Server::bind(PolicyHandle::new(policy))
+    let state = State::open(policy).map_err(|error| error.to_string())?;
+    let server = Server::bind(state.clone())
         .await
         .map_err(|error| error.to_string())?;
-    tracing::info!(listen = %server.local_addr(), "portcullis listening");
+    tracing::info!(listen = %server.local_addr(), keys = state.keys.len(), "portcullis listening");
     server.serve(shutdown_signal()).await;
     tracing::info!("portcullis stopped");
     Ok(())

@@ -4,12 +4,13 @@
 //! is answered; a reload builds a complete new value beside it and swaps the handle, so no
 //! request ever sees half of one policy and half of another.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::Method;
 
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, RouteConfig, ScopeRequirement};
 use crate::forward::{Forwarder, ForwarderError};
 use crate::gate::route::{InvalidPath, RouteTable};
 
@@ -19,6 +20,7 @@ pub struct Policy {
     /// The configuration it was built from.
     pub config: Config,
     routes: RouteTable,
+    scopes: BTreeSet<String>,
     /// The backend client pool.
     pub forwarder: Arc<Forwarder>,
 }
@@ -52,11 +54,25 @@ impl Policy {
             PolicyError::RouteConflict { first, second }
         })?;
         let forwarder = Arc::new(Forwarder::new(&config.upstream)?);
+        let scopes = config
+            .routes
+            .iter()
+            .filter_map(|route| match &route.scope {
+                ScopeRequirement::Scope(scope) => Some(scope.clone()),
+                ScopeRequirement::AnyKey => None,
+            })
+            .collect();
         Ok(Self {
             config,
             routes,
+            scopes,
             forwarder,
         })
+    }
+
+    /// Every scope some route requires, for `whoami`'s permission map.
+    pub fn scopes(&self) -> &BTreeSet<String> {
+        &self.scopes
     }
 
     /// The route a request is for, if any; refuses paths the backend could read differently.

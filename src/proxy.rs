@@ -1,24 +1,29 @@
 //! The request pipeline: every request that reaches the listener goes through [`handle`].
 //!
-//! The order is fixed and visible here: limits, route, forward. Every answer, from a gate or
-//! from the backend, leaves with an `X-Request-Id`, and every refusal is rendered as one
-//! RFC 9457 problem document in one place.
+//! The order is fixed and visible in [`process`]: limits, built-in health, keys in URLs,
+//! client address, authentication, production gating, built-in whoami, route, scope, body
+//! limit, forward. Every answer, from a gate or from the backend, leaves with an
+//! `X-Request-Id`, and every refusal is rendered as one RFC 9457 problem document in one place.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::body::{LimitTrip, LimitedBody, ProxyBody};
+use crate::builtin;
+use crate::forward::headers::Identity;
 use crate::forward::{Destination, Outbound};
-use crate::gate::limits;
-use crate::policy::{Policy, PolicyHandle};
+use crate::gate::{authn, client_ip, gating, limits, scope};
+use crate::keys::Env;
+use crate::policy::Policy;
 use crate::problem::{Problem, ProblemCode};
 use crate::request_id::{RequestId, REQUEST_ID_HEADER};
+use crate::state::State;
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -31,21 +36,23 @@ pub struct ConnInfo {
 pub async fn handle(
     request: Request<Incoming>,
     conn: Arc<ConnInfo>,
-    policies: PolicyHandle,
+    state: Arc<State>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let policy = policies.current();
+    let policy = state.policies.current();
     let request_id = RequestId::from_headers(request.headers());
     let method = request.method().clone();
 
-    let (route, outcome) = process(request, &conn, &policy, &request_id).await;
+    let mut trace = Trace::default();
+    let outcome = process(request, &conn, &state, &policy, &request_id, &mut trace).await;
     let mut response = match outcome {
         Ok(response) => response,
         Err(problem) => {
             tracing::info!(
                 request_id = %request_id,
                 method = %method,
-                route = route.unwrap_or("-"),
+                route = trace.route.unwrap_or("-"),
+                key_id = trace.key_id.as_deref().unwrap_or("-"),
                 code = problem.code().as_str(),
                 "request refused"
             );
@@ -58,7 +65,8 @@ pub async fn handle(
     tracing::debug!(
         request_id = %request_id,
         method = %method,
-        route = route.unwrap_or("-"),
+        route = trace.route.unwrap_or("-"),
+        key_id = trace.key_id.as_deref().unwrap_or("-"),
         status = response.status().as_u16(),
         latency_us = started.elapsed().as_micros() as u64,
         "request answered"
@@ -66,42 +74,86 @@ pub async fn handle(
     Ok(response)
 }
 
-/// The gates in order. Returns the matched route's name (never the raw path) for logging.
+/// What the pipeline learned, for logging: policy names and public ids only.
+#[derive(Default)]
+struct Trace<'p> {
+    route: Option<&'p str>,
+    key_id: Option<String>,
+}
+
+/// The gates in order.
 async fn process<'p>(
     request: Request<Incoming>,
     conn: &ConnInfo,
+    state: &State,
     policy: &'p Policy,
     request_id: &RequestId,
-) -> (Option<&'p str>, Result<Response<ProxyBody>, Problem>) {
-    let server = &policy.config.server;
-    if let Err(problem) = limits::check_headers(request.headers(), server) {
-        return (None, Err(problem));
-    }
-    let route = match policy.route(request.method(), request.uri().path()) {
-        Ok(Some(route)) => route,
-        Ok(None) => {
-            let problem = Problem::new(ProblemCode::RouteUnknown)
-                .with_detail("no route of this API matches the request");
-            return (None, Err(problem));
-        }
-        Err(invalid) => {
-            let problem = Problem::new(ProblemCode::InvalidPath).with_detail(invalid.to_string());
-            return (None, Err(problem));
-        }
-    };
-    let name = Some(route.name.as_str());
-    if let Err(problem) = limits::check_declared_length(request.headers(), server.max_body_bytes) {
-        return (name, Err(problem));
+    trace: &mut Trace<'p>,
+) -> Result<Response<ProxyBody>, Problem> {
+    let config = &policy.config;
+    limits::check_headers(request.headers(), &config.server)?;
+    let path = request.uri().path();
+    if is_builtin(request.method(), path, config.auth.health_path.as_deref()) {
+        return Ok(builtin::health());
     }
 
+    let client_ip = client_ip::client_ip(
+        conn.peer.ip(),
+        request.headers(),
+        &config.server.trusted_proxies,
+    );
+    authn::refuse_key_in_url(request.uri(), state, &config.auth, client_ip)?;
+    let caller = authn::authenticate(request.headers(), state, &config.auth, client_ip)?;
+    trace.key_id = Some(caller.key.id.to_string());
+    gating::check(&caller)?;
+    if is_builtin(request.method(), path, config.auth.whoami_path.as_deref()) {
+        return Ok(builtin::whoami(&caller, policy));
+    }
+
+    let route = match policy.route(request.method(), path) {
+        Ok(Some(route)) => route,
+        Ok(None) => {
+            return Err(Problem::new(ProblemCode::RouteUnknown)
+                .with_detail("no route of this API matches the request"));
+        }
+        Err(invalid) => {
+            return Err(Problem::new(ProblemCode::InvalidPath).with_detail(invalid.to_string()))
+        }
+    };
+    trace.route = Some(route.name.as_str());
+    scope::check(route, &caller.key)?;
+    limits::check_declared_length(request.headers(), config.server.max_body_bytes)?;
+
     let trip = LimitTrip::default();
-    let limit = server.max_body_bytes;
+    let limit = config.server.max_body_bytes;
     let request = request.map(|body| LimitedBody::new(body, limit, trip.clone()).boxed());
+    let key_id = caller.key.id.to_string();
+    let scopes = caller
+        .key
+        .scopes
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
+    let credential_headers: Vec<_> = authn::credential_header_names(&config.auth).collect();
     let outbound = Outbound {
         request_id,
-        client_ip: conn.peer.ip(),
-        destination: Destination::Production,
+        client_ip,
+        destination: match caller.key.env {
+            Env::Test => Destination::Sandbox,
+            Env::Live => Destination::Production,
+        },
+        identity: Some(Identity {
+            org: &caller.org.id,
+            key_id: &key_id,
+            env: caller.key.env.as_str(),
+            scopes: &scopes,
+        }),
+        credential_headers: &credential_headers,
     };
-    let forwarded = policy.forwarder.forward(request, &outbound, &trip).await;
-    (name, forwarded)
+    policy.forwarder.forward(request, &outbound, &trip).await
+}
+
+fn is_builtin(method: &Method, path: &str, builtin: Option<&str>) -> bool {
+    method == Method::GET && builtin == Some(path)
 }

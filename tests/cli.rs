@@ -205,6 +205,18 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     .await;
     let pki = test_pki();
     let policy = write_policy(&pki, &backend.url(), "");
+    // Provision an organization and a key in the data directory, as an operator would.
+    let key = {
+        let config = portcullis::config::Config::load(&policy).unwrap();
+        let state =
+            portcullis::state::State::open(portcullis::policy::Policy::new(config).unwrap())
+                .unwrap();
+        state
+            .orgs
+            .create("cli-org", "CLI Org", portcullis::state::unix_now())
+            .unwrap();
+        mint(&state, "cli-org", portcullis::keys::Env::Test, &[])
+    };
     let mut child = portcullis()
         .args(["serve", "--config"])
         .arg(&policy)
@@ -215,8 +227,11 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let port = port_of(&wait_for_line(&log, "portcullis listening"));
 
     let client = h1_client(&pki.paths.ca);
-    let url = format!("https://localhost:{port}/v1/echo/slow");
-    let request = tokio::spawn(async move { get(&client, &url).await });
+    let request = http::Request::get(format!("https://localhost:{port}/v1/echo/slow"))
+        .header("authorization", format!("Bearer {key}"))
+        .body(portcullis::body::empty_body())
+        .unwrap();
+    let request = tokio::spawn(async move { send(&client, request).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     signal(&child, "TERM");
     let (parts, body) = request.await.unwrap();
@@ -248,15 +263,30 @@ async fn demo_serves_a_fake_clinical_note_through_the_proxy() {
         .unwrap()
         .parse()
         .unwrap();
+    let key = wait_for_line(&out, "sandbox key")
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert!(key.starts_with("pcl_test_"), "{key}");
     let curl = wait_for_line(&out, "note_local_id=local_note_demo_123");
     assert!(curl.contains("curl --cacert"), "{curl}");
+    assert!(curl.contains(&key), "{curl}");
 
     let ca = data.path().join("certs/ca.pem");
     assert!(Path::new(&ca).is_file());
     let client = h2_client(&ca);
-    let url =
-        format!("https://localhost:{port}/v1/clinical-notes?note_local_id=local_note_demo_123");
-    let (parts, body) = get(&client, &url).await;
+    let authed = |path: &str| {
+        http::Request::get(format!("https://localhost:{port}{path}"))
+            .header("authorization", format!("Bearer {key}"))
+            .body(portcullis::body::empty_body())
+            .unwrap()
+    };
+    let (parts, body) = send(
+        &client,
+        authed("/v1/clinical-notes?note_local_id=local_note_demo_123"),
+    )
+    .await;
     assert_eq!(parts.status, StatusCode::OK);
     let note: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
@@ -264,7 +294,21 @@ async fn demo_serves_a_fake_clinical_note_through_the_proxy() {
         "Demo patient reports improved sleep."
     );
 
-    let (parts, body) = get(&client, &format!("https://localhost:{port}/v1/not-a-route")).await;
+    let (parts, body) = send(&client, authed("/v1/auth/whoami")).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    let whoami: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(whoami["organization"]["id"], "demo-clinic");
+    assert_eq!(whoami["scopes"]["patients:write"], false);
+
+    let (parts, body) = get(
+        &client,
+        &format!("https://localhost:{port}/v1/clinical-notes"),
+    )
+    .await;
+    assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(problem(&parts, &body)["code"], "auth.missing");
+
+    let (parts, body) = send(&client, authed("/v1/not-a-route")).await;
     assert_eq!(parts.status, StatusCode::NOT_FOUND);
     assert_eq!(problem(&parts, &body)["code"], "route.unknown");
 

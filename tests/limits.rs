@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
+use http::{Method, StatusCode};
 use portcullis::body::{empty_body, full_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,7 +23,8 @@ async fn declared_body_over_the_limit_is_refused_before_forwarding() {
     let (backend, _) = Backend::recording().await;
     let sidecar = Sidecar::start(&backend.url(), limits("max_body_bytes = 1024")).await;
     for client in [h1_client(sidecar.ca()), h2_client(sidecar.ca())] {
-        let request = Request::post(sidecar.url("/v1/echo/x"))
+        let request = sidecar
+            .req(Method::POST, "/v1/echo/x")
             .body(full_body(vec![b'a'; 4096]))
             .unwrap();
         let (parts, body) = send(&client, request).await;
@@ -32,7 +33,8 @@ async fn declared_body_over_the_limit_is_refused_before_forwarding() {
     }
     assert_eq!(backend.hits(), 0);
 
-    let request = Request::post(sidecar.url("/v1/echo/x"))
+    let request = sidecar
+        .req(Method::POST, "/v1/echo/x")
         .body(full_body(vec![b'a'; 1024]))
         .unwrap();
     let (parts, _) = send(&h1_client(sidecar.ca()), request).await;
@@ -56,7 +58,8 @@ async fn streamed_body_over_the_limit_is_cut_off_with_413() {
                 }
             }
         });
-        let request = Request::post(sidecar.url("/v1/echo/x"))
+        let request = sidecar
+            .req(Method::POST, "/v1/echo/x")
             .body(upload)
             .unwrap();
         let (parts, body) = send(&client, request).await;
@@ -74,7 +77,7 @@ async fn too_many_or_too_large_headers_get_431() {
     )
     .await;
     for client in [h1_client(sidecar.ca()), h2_client(sidecar.ca())] {
-        let mut request = Request::get(sidecar.url("/v1/echo/x"));
+        let mut request = sidecar.req(Method::GET, "/v1/echo/x");
         for i in 0..30 {
             request = request.header(format!("x-filler-{i}"), "1");
         }
@@ -82,7 +85,8 @@ async fn too_many_or_too_large_headers_get_431() {
         assert_eq!(parts.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         assert_eq!(problem(&parts, &body)["code"], "request.headers_too_large");
 
-        let request = Request::get(sidecar.url("/v1/echo/x"))
+        let request = sidecar
+            .req(Method::GET, "/v1/echo/x")
             .header("x-big", "b".repeat(3000))
             .body(empty_body())
             .unwrap();
@@ -181,7 +185,8 @@ async fn connections_over_the_limit_are_closed_and_slots_are_reused() {
     let client = h1_client(sidecar.ca());
     let mut status = None;
     for _ in 0..50 {
-        let request = Request::get(sidecar.url("/v1/echo/x"))
+        let request = sidecar
+            .req(Method::GET, "/v1/echo/x")
             .body(empty_body())
             .unwrap();
         if let Ok(response) = client.request(request).await {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use http::{Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use portcullis::body::{empty_body, full_body};
 use tokio::sync::Notify;
 
@@ -20,7 +20,7 @@ async fn backend_down_gives_502_upstream_unavailable() {
         .port();
     let sidecar = Sidecar::start(&format!("http://127.0.0.1:{port}"), Settings::default()).await;
     for client in [h1_client(sidecar.ca()), h2_client(sidecar.ca())] {
-        let (parts, body) = get(&client, &sidecar.url("/v1/echo/x")).await;
+        let (parts, body) = sidecar.get(&client, "/v1/echo/x").await;
         assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
         assert_eq!(problem(&parts, &body)["code"], "upstream.unavailable");
     }
@@ -39,7 +39,7 @@ async fn backend_reset_mid_exchange_gives_502() {
         }
     });
     let sidecar = Sidecar::start(&format!("http://{addr}"), Settings::default()).await;
-    let (parts, body) = get(&h1_client(sidecar.ca()), &sidecar.url("/v1/echo/x")).await;
+    let (parts, body) = sidecar.get(&h1_client(sidecar.ca()), "/v1/echo/x").await;
     assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
     assert_eq!(problem(&parts, &body)["code"], "upstream.unavailable");
 }
@@ -57,7 +57,7 @@ async fn slow_backend_gives_504_upstream_timeout() {
     };
     let sidecar = Sidecar::start(&backend.url(), settings).await;
     let started = Instant::now();
-    let (parts, body) = get(&h1_client(sidecar.ca()), &sidecar.url("/v1/echo/x")).await;
+    let (parts, body) = sidecar.get(&h1_client(sidecar.ca()), "/v1/echo/x").await;
     assert_eq!(parts.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(problem(&parts, &body)["code"], "upstream.timeout");
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -78,13 +78,15 @@ async fn https_backends_are_verified_against_the_configured_ca() {
         ..Settings::default()
     };
     let sidecar = Sidecar::start(&url, trusted).await;
-    let (parts, body) = get(&h1_client(sidecar.ca()), &sidecar.url("/v1/echo/x")).await;
+    let (parts, body) = sidecar.get(&h1_client(sidecar.ca()), "/v1/echo/x").await;
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(&body[..], b"over tls");
 
     // Without the backend's CA the certificate is not trusted and nothing is sent.
     let untrusted = Sidecar::start(&url, Settings::default()).await;
-    let (parts, body) = get(&h1_client(untrusted.ca()), &untrusted.url("/v1/echo/x")).await;
+    let (parts, body) = untrusted
+        .get(&h1_client(untrusted.ca()), "/v1/echo/x")
+        .await;
     assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
     assert_eq!(problem(&parts, &body)["code"], "upstream.unavailable");
     assert_eq!(backend.hits(), 1);
@@ -105,10 +107,13 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     .await;
     let mut sidecar = Sidecar::start(&backend.url(), Settings::default()).await;
     let client = h2_client(sidecar.ca());
-    let url = sidecar.url("/v1/echo/x");
+    let request = sidecar
+        .req(Method::GET, "/v1/echo/x")
+        .body(empty_body())
+        .unwrap();
     let in_flight = tokio::spawn(async move {
         let response = client
-            .request(Request::get(url).body(empty_body()).unwrap())
+            .request(request)
             .await
             .expect("in-flight request answered");
         let status = response.status();
@@ -151,12 +156,11 @@ async fn drain_is_bounded_by_drain_timeout() {
     };
     let mut sidecar = Sidecar::start(&backend.url(), settings).await;
     let client = h1_client(sidecar.ca());
-    let url = sidecar.url("/v1/echo/x");
-    let _in_flight = tokio::spawn(async move {
-        client
-            .request(Request::get(url).body(empty_body()).unwrap())
-            .await
-    });
+    let request = sidecar
+        .req(Method::GET, "/v1/echo/x")
+        .body(empty_body())
+        .unwrap();
+    let _in_flight = tokio::spawn(async move { client.request(request).await });
     arrived.notified().await;
     let started = Instant::now();
     sidecar.begin_shutdown();

@@ -28,6 +28,10 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Where state is kept.
     pub storage: StorageConfig,
+    /// How keys are presented and verified.
+    pub auth: AuthConfig,
+    /// The administration socket.
+    pub admin: AdminConfig,
     /// The routes partners may call, in file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -59,6 +63,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// HTTP/2 stream limits.
     pub http2: Http2Config,
+    /// Load balancers whose `X-Forwarded-For` is believed; empty means the TCP peer is the
+    /// client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[server.http2]`.
@@ -100,6 +107,55 @@ pub struct UpstreamConfig {
 pub struct StorageConfig {
     /// Directory for the sidecar's state.
     pub data_dir: PathBuf,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The key prefix of this deployment (`pcl` in `pcl_live_…`).
+    pub namespace: String,
+    /// File holding the HMAC pepper for stored key hashes (created 0600 if missing).
+    pub pepper_file: PathBuf,
+    /// Where a key may be presented.
+    pub credential_headers: Vec<CredentialHeader>,
+    /// A valid key found in a URL is revoked on the spot (it has leaked into logs).
+    pub revoke_keys_found_in_urls: bool,
+    /// Path of the built-in identity endpoint, if enabled.
+    pub whoami_path: Option<String>,
+    /// Path of the unauthenticated liveness endpoint, if enabled.
+    pub health_path: Option<String>,
+    /// Failed authentications one client address may make per `failure_window`.
+    pub max_failures_per_ip: u32,
+    /// Failed authentications against one key id per `failure_window`.
+    pub max_failures_per_key: u32,
+    /// The window the failure budgets refill over.
+    pub failure_window: Duration,
+}
+
+/// A header a partner may put its key in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialHeader {
+    /// `Authorization: Bearer <key>`.
+    AuthorizationBearer,
+    /// `X-API-Key: <key>`.
+    XApiKey,
+}
+
+impl CredentialHeader {
+    /// The header name.
+    pub fn name(self) -> http::HeaderName {
+        match self {
+            Self::AuthorizationBearer => http::header::AUTHORIZATION,
+            Self::XApiKey => http::HeaderName::from_static("x-api-key"),
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Unix socket of the admin API (mode 0600).
+    pub socket: PathBuf,
 }
 
 /// One `[[route]]`.

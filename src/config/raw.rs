@@ -16,6 +16,10 @@ pub struct RawConfig {
     pub upstream: Option<Spanned<RawUpstream>>,
     #[serde(default)]
     pub storage: RawStorage,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub admin: RawAdmin,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -34,6 +38,7 @@ pub struct RawServer {
     pub max_headers: Opt<i64>,
     pub max_body_bytes: Opt<i64>,
     pub max_connections: Opt<i64>,
+    pub trusted_proxies: Opt<Vec<String>>,
     #[serde(default)]
     pub http2: RawHttp2,
 }
@@ -78,4 +83,26 @@ pub struct RawRoute {
     pub path: Opt<String>,
     pub scope: Opt<String>,
     pub any_key: Opt<bool>,
+}
+
+/// `[auth]`: how partners present keys and what happens around verification.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub namespace: Opt<String>,
+    pub pepper_file: Opt<String>,
+    pub credential_headers: Opt<Vec<String>>,
+    pub revoke_keys_found_in_urls: Opt<bool>,
+    pub whoami_path: Opt<String>,
+    pub health_path: Opt<String>,
+    pub max_failures_per_ip: Opt<i64>,
+    pub max_failures_per_key: Opt<i64>,
+    pub failure_window: Opt<String>,
+}
+
+/// `[admin]`: the local administration socket.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub socket: Opt<String>,
 }

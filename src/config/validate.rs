@@ -8,10 +8,12 @@ use std::time::Duration;
 use http::{Method, Uri};
 use toml::Spanned;
 
-use super::raw::{Opt, RawConfig, RawHttp2, RawRoute, RawServer, RawStorage, RawUpstream};
+use super::raw::{
+    Opt, RawAdmin, RawAuth, RawConfig, RawHttp2, RawRoute, RawServer, RawStorage, RawUpstream,
+};
 use super::{
-    Config, ConfigError, ConfigIssue, Http2Config, RouteConfig, ScopeRequirement, ServerConfig,
-    SourceText, StorageConfig, UpstreamConfig,
+    AdminConfig, AuthConfig, Config, ConfigError, ConfigIssue, CredentialHeader, Http2Config,
+    RouteConfig, ScopeRequirement, ServerConfig, SourceText, StorageConfig, UpstreamConfig,
 };
 use crate::gate::route::{PathTemplate, RouteTable};
 
@@ -41,6 +43,8 @@ pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, C
     let server = v.server(raw.server);
     let upstream = v.upstream(raw.upstream);
     let storage = v.storage(raw.storage);
+    let auth = v.auth(raw.auth, &storage);
+    let admin = v.admin(raw.admin, &storage);
     let routes = v.routes(raw.routes);
     if !v.issues.is_empty() {
         let mut issues = v.issues;
@@ -52,6 +56,8 @@ pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, C
             server,
             upstream,
             storage,
+            auth,
+            admin,
             routes,
         }),
         // Every `None` above is accompanied by an issue, so this arm is only a safety net.
@@ -229,6 +235,7 @@ impl Validator<'_> {
                 1..=1_000_000,
             ) as usize,
             http2: self.http2(&raw.http2),
+            trusted_proxies: self.networks("server.trusted_proxies", &raw.trusted_proxies),
         };
         Some(config)
     }
@@ -341,6 +348,134 @@ impl Validator<'_> {
             ca_file,
         };
         Some(config)
+    }
+
+    fn networks(&mut self, key: &str, value: &Opt<Vec<String>>) -> Vec<ipnet::IpNet> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let mut networks = Vec::new();
+        for text in value.get_ref() {
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => networks.push(net.trunc()),
+                Err(_) => self.report(
+                    key,
+                    &value.span(),
+                    format!("\"{text}\" is not an IP address or CIDR block such as \"10.0.0.0/8\""),
+                ),
+            }
+        }
+        networks
+    }
+
+    fn auth(&mut self, raw: RawAuth, storage: &StorageConfig) -> AuthConfig {
+        let namespace = match &raw.namespace {
+            None => "pcl".to_owned(),
+            Some(ns) if is_namespace(ns.get_ref()) => ns.get_ref().clone(),
+            Some(ns) => {
+                self.report(
+                    "auth.namespace",
+                    &ns.span(),
+                    "must be 2-16 characters: a lower-case letter, then lower-case letters or digits",
+                );
+                "pcl".to_owned()
+            }
+        };
+        let pepper_file = match &raw.pepper_file {
+            None => storage.data_dir.join("pepper"),
+            Some(path) => self.resolve(path.get_ref()),
+        };
+        let credential_headers = match &raw.credential_headers {
+            None => vec![
+                CredentialHeader::AuthorizationBearer,
+                CredentialHeader::XApiKey,
+            ],
+            Some(names) => {
+                let mut headers = Vec::new();
+                for name in names.get_ref() {
+                    match name.to_ascii_lowercase().as_str() {
+                        "authorization" => headers.push(CredentialHeader::AuthorizationBearer),
+                        "x-api-key" => headers.push(CredentialHeader::XApiKey),
+                        _ => self.report(
+                            "auth.credential_headers",
+                            &names.span(),
+                            format!("\"{name}\" is not supported; use \"authorization\" and/or \"x-api-key\""),
+                        ),
+                    }
+                }
+                if names.get_ref().is_empty() {
+                    self.report(
+                        "auth.credential_headers",
+                        &names.span(),
+                        "must name at least one header",
+                    );
+                }
+                headers.dedup();
+                headers
+            }
+        };
+        AuthConfig {
+            namespace,
+            pepper_file,
+            credential_headers,
+            revoke_keys_found_in_urls: raw
+                .revoke_keys_found_in_urls
+                .as_ref()
+                .is_none_or(|v| *v.get_ref()),
+            whoami_path: self.builtin_path("auth.whoami_path", &raw.whoami_path, "/v1/auth/whoami"),
+            health_path: self.builtin_path("auth.health_path", &raw.health_path, "/healthz"),
+            max_failures_per_ip: self.count(
+                "auth.max_failures_per_ip",
+                &raw.max_failures_per_ip,
+                30,
+                1..=100_000,
+            ) as u32,
+            max_failures_per_key: self.count(
+                "auth.max_failures_per_key",
+                &raw.max_failures_per_key,
+                10,
+                1..=100_000,
+            ) as u32,
+            failure_window: self.duration(
+                "auth.failure_window",
+                &raw.failure_window,
+                Duration::from_secs(60),
+            ),
+        }
+    }
+
+    /// A built-in endpoint path: absent takes the default, `""` disables the endpoint.
+    fn builtin_path(&mut self, key: &str, value: &Opt<String>, default: &str) -> Option<String> {
+        let Some(value) = value else {
+            return Some(default.to_owned());
+        };
+        let text = value.get_ref();
+        if text.is_empty() {
+            return None;
+        }
+        let literal = PathTemplate::parse(text)
+            .ok()
+            .filter(|_| !text.contains('{'));
+        if literal.is_none() {
+            self.report(
+                key,
+                &value.span(),
+                "must be a literal path starting with '/', or \"\" to disable",
+            );
+            return None;
+        }
+        Some(text.clone())
+    }
+
+    fn admin(&mut self, raw: RawAdmin, storage: &StorageConfig) -> AdminConfig {
+        let socket = match &raw.socket {
+            None => storage.data_dir.join("admin.sock"),
+            Some(path) => self.resolve(path.get_ref()),
+        };
+        AdminConfig { socket }
     }
 
     fn storage(&mut self, raw: RawStorage) -> StorageConfig {
@@ -509,6 +644,16 @@ impl Validator<'_> {
             scope: scope?,
         })
     }
+}
+
+/// Key namespaces: they are the first `_`-separated part of every key.
+fn is_namespace(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    (2..=16).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Route names: short, printable, safe as a metric label and an audit field.

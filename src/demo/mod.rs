@@ -10,10 +10,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::admin_log::{AdminActionKind, AdminLogError};
 use crate::config::{Config, ConfigError, SourceText};
+use crate::keys::{Env, KeyError, MintRequest, Secret};
+use crate::orgs::OrgError;
 use crate::pki::{self, PkiError};
-use crate::policy::{Policy, PolicyError, PolicyHandle};
+use crate::policy::{Policy, PolicyError};
 use crate::server::{Server, ServerError};
+use crate::state::{unix_now, State, StateError};
 use backend::{DemoBackend, DemoBackendError};
 
 /// The demo policy, as shipped in `config/demo.toml`.
@@ -55,13 +59,37 @@ pub enum DemoError {
     /// The listener could not start.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The store or registries could not be opened.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The demo organization could not be created.
+    #[error(transparent)]
+    Org(#[from] OrgError),
+    /// The demo key could not be minted.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The demo's admin actions could not be recorded.
+    #[error(transparent)]
+    AdminLog(#[from] AdminLogError),
 }
+
+/// The organization the demo key belongs to.
+pub const DEMO_ORG: &str = "demo-clinic";
+
+/// Who the demo's own admin actions are recorded as.
+const DEMO_ACTOR: &str = "portcullis-demo";
+
+/// Scopes of the demo key: it can read notes and links but not create links, so the banner
+/// can show a `403 perm.denied` next to the successes.
+const DEMO_SCOPES: [&str; 2] = ["notes:read", "patients:read"];
 
 /// A running demo: the sidecar is bound and the backend is serving.
 pub struct Demo {
     server: Server,
     backend: DemoBackend,
+    state: std::sync::Arc<State>,
     ca: PathBuf,
+    key: Secret,
 }
 
 impl Demo {
@@ -92,12 +120,26 @@ impl Demo {
         ];
         let source = SourceText::new("config/demo.toml (built in)", DEMO_POLICY);
         let config = Config::parse_with_overrides(&source, &options.data_dir, &overrides)?;
-        let server = Server::bind(PolicyHandle::new(Policy::new(config)?)).await?;
+        let state = State::open(Policy::new(config)?)?;
+        let key = mint_demo_key(&state)?;
+        let server = Server::bind(state.clone()).await?;
         Ok(Self {
             server,
             backend,
+            state,
             ca: pki.ca,
+            key,
         })
+    }
+
+    /// The sandbox key minted for this run (shown once, in the banner).
+    pub fn key(&self) -> &Secret {
+        &self.key
+    }
+
+    /// The shared state, e.g. for the admin socket.
+    pub fn state(&self) -> &std::sync::Arc<State> {
+        &self.state
     }
 
     /// The sidecar's bound address.
@@ -110,20 +152,37 @@ impl Demo {
         &self.ca
     }
 
-    /// The welcome text: URLs and ready-to-paste `curl` lines.
+    /// The welcome text: the sandbox key, URLs and ready-to-paste `curl` lines.
     pub fn banner(&self) -> String {
         let base = format!("https://localhost:{}", self.local_addr().port());
         let ca = self.ca.display();
+        let key = self.key.expose_secret();
+        let socket = self
+            .state
+            .policies
+            .current()
+            .config
+            .admin
+            .socket
+            .display()
+            .to_string();
+        let curl = format!("curl --cacert {ca} -H 'Authorization: Bearer {key}'");
         format!(
             "Portcullis demo is running (fake data only).\n\
-             \n  sidecar  {base}   (TLS; trust the demo CA {ca})\
-             \n  backend  http://{backend}   (bundled fake clinical API)\n\
+             \n  sidecar       {base}   (TLS; trust the demo CA {ca})\
+             \n  backend       http://{backend}   (bundled fake clinical API)\
+             \n  organization  {DEMO_ORG}\
+             \n  sandbox key   {key}\
+             \n                (scopes: notes:read, patients:read; shown once, stored only as a hash)\
+             \n  admin socket  {socket}\n\
              \nTry:\
-             \n  curl --cacert {ca} '{base}/v1/clinical-notes?note_local_id=local_note_demo_123'\
-             \n  curl --cacert {ca} '{base}/v1/patients/external-link?external_system=demo_ehr&external_patient_id=ehr_demo_456'\
-             \n  curl --cacert {ca} -X POST {base}/v1/patients/link -H 'Content-Type: application/json' \\\
-             \n       -d '{{\"external_system\":\"demo_ehr\",\"external_patient_id\":\"ehr_demo_789\",\"patient_local_id\":\"local_pat_demo_124\"}}'\
-             \n  curl --cacert {ca} {base}/v1/not-a-route        # 404 route.unknown problem\n\
+             \n  {curl} '{base}/v1/clinical-notes?note_local_id=local_note_demo_123'\
+             \n  {curl} '{base}/v1/patients/external-link?external_system=demo_ehr&external_patient_id=ehr_demo_456'\
+             \n  {curl} {base}/v1/auth/whoami\
+             \n  {curl} -X POST {base}/v1/patients/link -H 'Content-Type: application/json' \\\
+             \n       -d '{{\"external_system\":\"demo_ehr\",\"external_patient_id\":\"ehr_demo_789\",\"patient_local_id\":\"local_pat_demo_124\"}}'   # 403 perm.denied\
+             \n  curl --cacert {ca} '{base}/v1/clinical-notes'        # 401 auth.missing\
+             \n  portcullis keys list --admin-socket {socket}\n\
              \nPress Ctrl-C to stop.",
             backend = self.backend.local_addr(),
         )
@@ -145,6 +204,33 @@ pub async fn run(
     println!("{}", demo.banner());
     demo.serve(shutdown).await;
     Ok(())
+}
+
+/// Creates the demo organization on first run and mints a fresh sandbox key for this run.
+fn mint_demo_key(state: &State) -> Result<Secret, DemoError> {
+    let now = unix_now();
+    if state.orgs.get(DEMO_ORG).is_none() {
+        state.orgs.create(DEMO_ORG, "Demo Clinic", now)?;
+        state.admin_log.append(
+            AdminActionKind::OrgCreated,
+            DEMO_ACTOR,
+            DEMO_ORG,
+            Some(DEMO_ORG),
+            now,
+        )?;
+    }
+    let scopes = DEMO_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    let mut request = MintRequest::new(DEMO_ORG, Env::Test, scopes);
+    request.label = Some("portcullis demo".to_owned());
+    let minted = state.keys.mint(request, now)?;
+    state.admin_log.append(
+        AdminActionKind::KeyMinted,
+        DEMO_ACTOR,
+        &minted.record.id.to_string(),
+        Some(DEMO_ORG),
+        now,
+    )?;
+    Ok(minted.key)
 }
 
 fn path_value(path: &Path) -> toml::Value {

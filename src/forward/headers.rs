@@ -64,6 +64,34 @@ pub fn strip_internal(headers: &mut HeaderMap) {
     }
 }
 
+/// Who the backend is told is calling, as verified by the gates.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    /// Organization id.
+    pub org: &'a str,
+    /// The key's public id.
+    pub key_id: &'a str,
+    /// `test` or `live`.
+    pub env: &'a str,
+    /// The key's scopes, comma-joined.
+    pub scopes: &'a str,
+}
+
+/// Writes `X-Portcullis-Org`, `-Key-Id`, `-Env` and `-Scopes`. Call after [`strip_internal`].
+pub fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) {
+    for (name, value) in [
+        ("x-portcullis-org", identity.org),
+        ("x-portcullis-key-id", identity.key_id),
+        ("x-portcullis-env", identity.env),
+        ("x-portcullis-scopes", identity.scopes),
+    ] {
+        // Every value is minted or validated by Portcullis (ids, env names, policy scopes).
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
 /// Replaces client-supplied forwarding fields with what Portcullis itself saw.
 ///
 /// `host` is the authority the client addressed (the `Host` field or the HTTP/2 `:authority`).

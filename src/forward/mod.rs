@@ -47,6 +47,10 @@ pub struct Outbound<'a> {
     pub client_ip: IpAddr,
     /// Which backend.
     pub destination: Destination,
+    /// The verified caller, sent as `X-Portcullis-*`; `None` sends no identity.
+    pub identity: Option<headers::Identity<'a>>,
+    /// Headers that carried the partner's credential; never forwarded.
+    pub credential_headers: &'a [http::HeaderName],
 }
 
 /// Why the forwarder could not be built.
@@ -181,6 +185,12 @@ impl Forwarder {
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::strip_internal(&mut parts.headers);
+        for name in outbound.credential_headers {
+            parts.headers.remove(name);
+        }
+        if let Some(identity) = &outbound.identity {
+            headers::set_identity(&mut parts.headers, identity);
+        }
         headers::set_forwarded(&mut parts.headers, outbound.client_ip, host.as_deref());
         parts
             .headers

@@ -3,5 +3,10 @@
 //! Each gate reads what earlier gates established and either lets the request through or
 //! returns a [`crate::problem::Problem`]. Nothing walks back up the chain.
 
+pub mod authn;
+pub mod client_ip;
+pub mod gating;
 pub mod limits;
 pub mod route;
+pub mod scope;
+pub mod throttle;

@@ -14,8 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use super::sniff::{self, FirstByte};
 use super::tls::ALPN_H2;
 use crate::config::ServerConfig;
-use crate::policy::PolicyHandle;
 use crate::proxy::{self, ConnInfo};
+use crate::state::State;
 
 /// hyper's own parser ceilings are set this many times above the policy's limits, so the
 /// policy's limits answer with a problem document and hyper's remain a hard backstop.
@@ -24,14 +24,14 @@ const PARSER_HEADROOM: usize = 2;
 /// Everything a connection task needs from the listener.
 pub(super) struct Connection {
     pub acceptor: TlsAcceptor,
-    pub policies: PolicyHandle,
+    pub state: Arc<State>,
     pub watcher: Watcher,
     pub stopping: watch::Receiver<bool>,
 }
 
 impl Connection {
     pub async fn serve(mut self, tcp: TcpStream, peer: SocketAddr) {
-        let policy = self.policies.current();
+        let policy = self.state.policies.current();
         let limits = &policy.config.server;
         let patience = limits.tls_handshake_timeout;
 
@@ -70,9 +70,9 @@ impl Connection {
 
         let h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
         let conn = Arc::new(ConnInfo { peer });
-        let policies = self.policies.clone();
+        let state = self.state.clone();
         let service =
-            service_fn(move |request| proxy::handle(request, conn.clone(), policies.clone()));
+            service_fn(move |request| proxy::handle(request, conn.clone(), state.clone()));
         let io = TokioIo::new(tls);
         let result = if h2 {
             self.watcher

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::policy::PolicyHandle;
+use crate::state::State;
 use tls::{CertResolver, TlsError};
 
 /// Why the listener could not start.
@@ -45,14 +45,14 @@ pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     resolver: Arc<CertResolver>,
-    policies: PolicyHandle,
+    state: Arc<State>,
     local_addr: SocketAddr,
 }
 
 impl Server {
     /// Loads the certificate and binds the listen address of the current policy.
-    pub async fn bind(policies: PolicyHandle) -> Result<Self, ServerError> {
-        let policy = policies.current();
+    pub async fn bind(state: Arc<State>) -> Result<Self, ServerError> {
+        let policy = state.policies.current();
         let config = &policy.config.server;
         let certified = tls::load_certified_key(&config.cert, &config.key)?;
         let resolver = Arc::new(CertResolver::new(certified));
@@ -67,7 +67,7 @@ impl Server {
             listener,
             acceptor,
             resolver,
-            policies: policies.clone(),
+            state: state.clone(),
             local_addr,
         })
     }
@@ -88,10 +88,11 @@ impl Server {
         let Self {
             listener,
             acceptor,
-            policies,
+            state,
             ..
         } = self;
-        let max_connections = policies.current().config.server.max_connections;
+        let maintenance = state.spawn_maintenance();
+        let max_connections = state.policies.current().config.server.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
         let graceful = GracefulShutdown::new();
         let (stopping_tx, stopping_rx) = watch::channel(false);
@@ -120,7 +121,7 @@ impl Server {
             };
             let connection = connection::Connection {
                 acceptor: acceptor.clone(),
-                policies: policies.clone(),
+                state: state.clone(),
                 watcher: graceful.watcher(),
                 stopping: stopping_rx.clone(),
             };
@@ -132,7 +133,7 @@ impl Server {
 
         drop(listener);
         let _ = stopping_tx.send(true);
-        let drain = policies.current().config.server.drain_timeout;
+        let drain = state.policies.current().config.server.drain_timeout;
         tracing::info!(
             drain_timeout_ms = drain.as_millis() as u64,
             "shutting down: draining in-flight requests"
@@ -142,6 +143,10 @@ impl Server {
             .is_err()
         {
             tracing::warn!("drain timeout reached with requests still in flight");
+        }
+        maintenance.abort();
+        if let Err(error) = state.store.flush() {
+            tracing::error!(%error, "cannot flush state on shutdown");
         }
     }
 }

@@ -23,9 +23,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::body::{full_body, ProxyBody};
 use portcullis::config::{Config, SourceText};
+use portcullis::keys::{Env, MintRequest};
 use portcullis::pki::{self, DevPki};
-use portcullis::policy::{Policy, PolicyHandle};
+use portcullis::policy::Policy;
 use portcullis::server::Server;
+use portcullis::state::{unix_now, State};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tempfile::TempDir;
@@ -205,6 +207,8 @@ pub struct Settings {
     pub upstream: String,
     /// Complete `[[route]]` blocks; the default echo routes when empty.
     pub routes: String,
+    /// Lines added to `[auth]`.
+    pub auth: String,
 }
 
 /// Routes used when a test does not bring its own: every common method on `/v1/echo/...`.
@@ -240,11 +244,17 @@ path = "/v1/notes/{id}"
 scope = "notes:read"
 "#;
 
-/// A running sidecar on an ephemeral loopback port.
+/// The organization every test sidecar starts with.
+pub const TEST_ORG: &str = "test-org";
+
+/// A running sidecar on an ephemeral loopback port, with one organization and one test key.
 pub struct Sidecar {
     pub addr: SocketAddr,
     pub pki: TestPki,
-    pub policies: PolicyHandle,
+    pub state: Arc<State>,
+    /// A test key of [`TEST_ORG`] with the scope `notes:read`.
+    pub key: String,
+    text: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -253,26 +263,77 @@ impl Sidecar {
     pub async fn start(upstream_url: &str, settings: Settings) -> Sidecar {
         let pki = test_pki();
         let text = policy_text(&pki, upstream_url, &settings);
-        let config = Config::parse(&SourceText::new("test.toml", text), pki.dir.path())
-            .expect("valid test policy");
-        let policies = PolicyHandle::new(Policy::new(config).expect("policy"));
-        let server = Server::bind(policies.clone()).await.expect("bind sidecar");
+        let state = open_state(&pki, &text);
+        state
+            .orgs
+            .create(TEST_ORG, "Test Org", unix_now())
+            .expect("org");
+        let key = mint(&state, TEST_ORG, Env::Test, &["notes:read"]);
+        Self::serve(pki, text, state, key).await
+    }
+
+    async fn serve(pki: TestPki, text: String, state: Arc<State>, key: String) -> Sidecar {
+        let server = Server::bind(state.clone()).await.expect("bind sidecar");
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
+        // Dropping the sender (with the Sidecar) also starts the shutdown.
         let task = tokio::spawn(server.serve(async move {
             let _ = stopped.await;
         }));
         Sidecar {
             addr,
             pki,
-            policies,
+            state,
+            key,
+            text,
             stop: Some(stop),
             task: Some(task),
         }
     }
 
+    /// Stops the sidecar, waits until nothing holds its state, and starts it again on the
+    /// same data directory (a new port).
+    pub async fn restart(mut self) -> Sidecar {
+        self.begin_shutdown();
+        self.stopped().await;
+        let Sidecar {
+            pki,
+            state,
+            key,
+            text,
+            ..
+        } = self;
+        let weak = Arc::downgrade(&state);
+        drop(state);
+        for _ in 0..200 {
+            if weak.strong_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(weak.strong_count(), 0, "the old state is still in use");
+        let reopened = open_state(&pki, &text);
+        Self::serve(pki, text, reopened, key).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{}", self.addr.port(), path)
+    }
+
+    /// A request builder for `path` carrying the sidecar's test key.
+    pub fn req(&self, method: http::Method, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .header("authorization", format!("Bearer {}", self.key))
+    }
+
+    /// `GET path` with the sidecar's test key.
+    pub async fn get(&self, client: &TestClient, path: &str) -> (http::response::Parts, Bytes) {
+        let request = self
+            .req(http::Method::GET, path)
+            .body(portcullis::body::empty_body());
+        send(client, request.unwrap()).await
     }
 
     pub fn ca(&self) -> &Path {
@@ -294,10 +355,20 @@ impl Sidecar {
     }
 }
 
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        self.begin_shutdown();
-    }
+fn open_state(pki: &TestPki, text: &str) -> Arc<State> {
+    let config = Config::parse(&SourceText::new("test.toml", text), pki.dir.path())
+        .expect("valid test policy");
+    State::open(Policy::new(config).expect("policy")).expect("state")
+}
+
+/// Mints a key straight through the registry (the admin socket does the same).
+pub fn mint(state: &State, org: &str, env: Env, scopes: &[&str]) -> String {
+    let scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+    let minted = state
+        .keys
+        .mint(MintRequest::new(org, env, scopes), unix_now())
+        .expect("mint");
+    minted.key.expose_secret().to_owned()
 }
 
 pub fn policy_text(pki: &TestPki, upstream_url: &str, settings: &Settings) -> String {
@@ -309,11 +380,12 @@ pub fn policy_text(pki: &TestPki, upstream_url: &str, settings: &Settings) -> St
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{key}\"\n{server}\n\n\
          [upstream]\nurl = \"{upstream_url}\"\n{upstream}\n\n\
-         [storage]\ndata_dir = \"{data}\"\n\n{routes}",
+         [storage]\ndata_dir = \"{data}\"\n\n[auth]\n{auth}\n\n{routes}",
         cert = pki.paths.cert.display(),
         key = pki.paths.key.display(),
         server = settings.server,
         upstream = settings.upstream,
+        auth = settings.auth,
         data = pki.dir.path().display(),
     )
 }

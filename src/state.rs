@@ -1,0 +1,103 @@
+//! The long-lived parts of a running sidecar, shared by every connection and the admin socket.
+//!
+//! The policy is swapped on reload; everything here outlives policies: the store, the key and
+//! organization registries, the admin action log and the failed-authentication throttle.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::admin_log::AdminLog;
+use crate::gate::throttle::AuthThrottle;
+use crate::keys::{KeyError, KeyRegistry, Pepper, PepperError};
+use crate::orgs::{OrgError, OrgRegistry};
+use crate::policy::{Policy, PolicyHandle};
+use crate::store::{Store, StoreError};
+
+/// How often idle throttle entries are shed.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why the sidecar's state could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The sled store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The pepper file is missing and cannot be created, or is unsafe.
+    #[error(transparent)]
+    Pepper(#[from] PepperError),
+    /// The key registry could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The organization registry could not be loaded.
+    #[error(transparent)]
+    Orgs(#[from] OrgError),
+}
+
+/// Everything a request or an admin command may consult besides the policy.
+pub struct State {
+    /// The running policy.
+    pub policies: PolicyHandle,
+    /// The one sled handle.
+    pub store: Store,
+    /// API keys.
+    pub keys: KeyRegistry,
+    /// Organizations, HIPAA mode and BAA evidence.
+    pub orgs: OrgRegistry,
+    /// Every administrative change.
+    pub admin_log: AdminLog,
+    /// Failed-authentication budgets.
+    pub throttle: AuthThrottle,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// Opens the store in the policy's data directory and loads the registries.
+    pub fn open(policy: Policy) -> Result<Arc<Self>, StateError> {
+        let config = &policy.config;
+        let store = Store::open(&config.storage.data_dir)?;
+        let pepper = Pepper::load_or_create(&config.auth.pepper_file)?;
+        let keys = KeyRegistry::load(&store, pepper, &config.auth.namespace)?;
+        let orgs = OrgRegistry::load(&store)?;
+        let admin_log = AdminLog::open(&store)?;
+        let auth = &config.auth;
+        let throttle = AuthThrottle::new(
+            auth.max_failures_per_ip,
+            auth.max_failures_per_key,
+            auth.failure_window,
+        );
+        Ok(Arc::new(Self {
+            policies: PolicyHandle::new(policy),
+            store,
+            keys,
+            orgs,
+            admin_log,
+            throttle,
+        }))
+    }
+
+    /// Runs periodic housekeeping until the returned task is aborted.
+    pub fn spawn_maintenance(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let state = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(state) = state.upgrade() else { return };
+                state.throttle.shed_idle();
+            }
+        })
+    }
+}
+
+/// Wall-clock time in unix seconds, the unit every stored timestamp uses.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
