@@ -359,3 +359,87 @@ fn shipped_example_policies_are_valid() {
         }
     }
 }
+
+#[test]
+fn auth_and_admin_defaults_follow_the_data_directory() {
+    let dir = dir();
+    let text = format!("{VALID}\n[storage]\ndata_dir = \"state\"\n");
+    let config = parse(&text, dir.path()).unwrap();
+    assert_eq!(config.auth.namespace, "pcl");
+    assert_eq!(config.auth.pepper_file, dir.path().join("state/pepper"));
+    assert_eq!(config.admin.socket, dir.path().join("state/admin.sock"));
+    assert_eq!(config.auth.credential_headers.len(), 2);
+    assert!(config.auth.revoke_keys_found_in_urls);
+    assert_eq!(config.auth.whoami_path.as_deref(), Some("/v1/auth/whoami"));
+    assert!(config.server.trusted_proxies.is_empty());
+}
+
+#[test]
+fn bad_auth_settings() {
+    let with_auth = |lines: &str| format!("{VALID}\n[auth]\n{lines}\n");
+    one_issue(
+        &with_auth("namespace = \"Bad_NS\""),
+        16,
+        "auth.namespace",
+        "lower-case",
+    );
+    one_issue(
+        &with_auth("credential_headers = [\"cookie\"]"),
+        16,
+        "auth.credential_headers",
+        "not supported",
+    );
+    one_issue(
+        &with_auth("credential_headers = []"),
+        16,
+        "auth.credential_headers",
+        "at least one",
+    );
+    one_issue(
+        &with_auth("whoami_path = \"/v1/{who}\""),
+        16,
+        "auth.whoami_path",
+        "literal path",
+    );
+    one_issue(
+        &with_auth("max_failures_per_ip = 0"),
+        16,
+        "auth.max_failures_per_ip",
+        "between",
+    );
+    one_issue(
+        &with_auth("failure_window = \"often\""),
+        16,
+        "auth.failure_window",
+        "not a duration",
+    );
+    one_issue(
+        &with_auth("cookies = true"),
+        16,
+        "auth.cookies",
+        "unknown field",
+    );
+    one_issue(
+        &replace(
+            "[upstream]",
+            "trusted_proxies = [\"10.0.0.0/8\", \"lb.internal\"]\n[upstream]",
+        ),
+        6,
+        "server.trusted_proxies",
+        "not an IP address or CIDR",
+    );
+}
+
+#[test]
+fn builtin_endpoints_can_be_disabled_and_proxies_parsed() {
+    let dir = dir();
+    let text = replace(
+        "[upstream]",
+        "trusted_proxies = [\"10.1.2.3\", \"192.168.0.0/16\"]\n[upstream]",
+    );
+    let text = format!("{text}\n[auth]\nwhoami_path = \"\"\n");
+    let config = parse(&text, dir.path()).unwrap();
+    assert_eq!(config.auth.whoami_path, None);
+    assert_eq!(config.server.trusted_proxies.len(), 2);
+    assert_eq!(config.server.trusted_proxies[0].to_string(), "10.1.2.3/32");
+}
