@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use ipnet::IpNet;
 
 use super::error::KeyError;
 use super::format::{format_key, parse_key, Env, KeyId, Namespace, ID_LEN, SECRET_LEN};
@@ -87,7 +88,7 @@ pub struct KeyRegistry {
     pub(super) hasher: KeyHasher,
     store: Store,
     tree: Tree,
-    pub(super) index: RwLock<HashMap<KeyId, Arc<Slot>>>,
+    index: RwLock<HashMap<KeyId, Arc<Slot>>>,
     /// Stands in for a missing key during verification, so an unknown id costs the same
     /// pointer loads as a known one. Its hash is all zeros; a match on it is discarded.
     pub(super) placeholder: Arc<Slot>,
@@ -117,11 +118,7 @@ impl KeyRegistry {
         for item in tree.iter_json::<KeyRecord>() {
             let (stored_under, record) = item?;
             if stored_under.as_slice() != record.id.storage_key().as_slice() {
-                return Err(StoreError::Corrupt {
-                    tree: KEYS_TREE,
-                    key_hint: record.id.to_string(),
-                }
-                .into());
+                return Err(StoreError::corrupt(KEYS_TREE, &stored_under).into());
             }
             if record.namespace != namespace.as_str() {
                 foreign += 1;
@@ -171,33 +168,68 @@ impl KeyRegistry {
         let allow_cidrs = request.validate(now)?;
         let minted = {
             let _writer = self.lock_writer();
-            let id = self.unused_id()?;
-            let secret = Secret::generate()?;
-            let record = KeyRecord {
-                id,
-                org: request.org,
-                env: request.env,
-                scopes: request.scopes,
-                label: request.label,
-                created_at: now,
-                expires_at: request.expires_at,
-                status: KeyStatus::Active,
-                last_used_at: None,
-                allow_cidrs,
-                hash: self.hasher.hash(secret.expose_secret().as_bytes()),
-                previous: None,
-                rate: request.rate,
-                namespace: self.namespace.as_str().to_owned(),
-            };
-            self.tree.insert_json(&id.storage_key(), &record)?;
-            let slot = Arc::new(Slot::new(record));
-            let record = slot.record.load_full();
-            self.write_index().insert(id, slot);
-            let key = format_key(self.namespace.as_str(), record.env, id, &secret);
-            MintedKey { key, record }
+            self.mint_locked(request, allow_cidrs, now)?
         };
         self.store.flush()?;
         Ok(minted)
+    }
+
+    /// Mints several keys with a single flush at the end.
+    ///
+    /// Bulk provisioning (moving a legacy key table behind Portcullis, load tests) would
+    /// otherwise pay one disk sync per key. Every request is validated before any key is
+    /// minted, so a bad request leaves nothing behind.
+    pub fn mint_batch(
+        &self,
+        requests: Vec<MintRequest>,
+        now: u64,
+    ) -> Result<Vec<MintedKey>, KeyError> {
+        let validated = requests
+            .into_iter()
+            .map(|request| request.validate(now).map(|cidrs| (request, cidrs)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let minted = {
+            let _writer = self.lock_writer();
+            validated
+                .into_iter()
+                .map(|(request, allow_cidrs)| self.mint_locked(request, allow_cidrs, now))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        self.store.flush()?;
+        Ok(minted)
+    }
+
+    /// Creates, stores and indexes one validated key. Call with the writer lock held.
+    fn mint_locked(
+        &self,
+        request: MintRequest,
+        allow_cidrs: Vec<IpNet>,
+        now: u64,
+    ) -> Result<MintedKey, KeyError> {
+        let id = self.unused_id()?;
+        let secret = Secret::generate()?;
+        let record = KeyRecord {
+            id,
+            org: request.org,
+            env: request.env,
+            scopes: request.scopes,
+            label: request.label,
+            created_at: now,
+            expires_at: request.expires_at,
+            status: KeyStatus::Active,
+            last_used_at: None,
+            allow_cidrs,
+            hash: self.hasher.hash(secret.expose_secret().as_bytes()),
+            previous: None,
+            rate: request.rate,
+            namespace: self.namespace.as_str().to_owned(),
+        };
+        self.tree.insert_json(&id.storage_key(), &record)?;
+        let slot = Arc::new(Slot::new(record));
+        let record = slot.record.load_full();
+        self.write_index().insert(id, slot);
+        let key = format_key(self.namespace.as_str(), record.env, id, &secret);
+        Ok(MintedKey { key, record })
     }
 
     /// Gives key `id` a new secret. The old secret keeps working until `now + grace` (never,
