@@ -146,10 +146,7 @@ impl AdminLog {
 fn decode_seq(key: &[u8]) -> Result<u64, StoreError> {
     key.try_into()
         .map(u64::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt {
-            tree: ADMIN_ACTIONS_TREE,
-            key_hint: format!("of {} bytes", key.len()),
-        })
+        .map_err(|_| StoreError::corrupt(ADMIN_ACTIONS_TREE, key))
 }
 
 #[cfg(test)]

@@ -235,11 +235,7 @@ impl OrgRegistry {
         for item in tree.iter_json::<OrgRecord>() {
             let (stored_under, record) = item?;
             if stored_under != record.id.as_bytes() || !is_org_id(&record.id) {
-                return Err(StoreError::Corrupt {
-                    tree: ORGS_TREE,
-                    key_hint: String::from_utf8_lossy(&stored_under).into_owned(),
-                }
-                .into());
+                return Err(StoreError::corrupt(ORGS_TREE, &stored_under).into());
             }
             index.insert(record.id.clone(), Arc::new(record));
         }

@@ -128,6 +128,17 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// A corrupt-value error for `key` in `tree`, for callers that find a stored value
+    /// inconsistent after decoding it (a record stored under the wrong key, for example).
+    pub fn corrupt(tree: &'static str, key: &[u8]) -> Self {
+        Self::Corrupt {
+            tree,
+            key_hint: key_hint(key),
+        }
+    }
+}
+
 /// The process's handle on the state store. Cloning is cheap and shares the engine.
 ///
 /// Only one process may open a data directory at a time: the engine locks its files.
@@ -329,10 +340,7 @@ fn decode_json<T: DeserializeOwned>(
     key: &[u8],
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt {
-        tree,
-        key_hint: key_hint(key),
-    })
+    serde_json::from_slice(bytes).map_err(|_| StoreError::corrupt(tree, key))
 }
 
 /// A short, terminal-safe rendering of a key for error messages.

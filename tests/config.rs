@@ -270,7 +270,7 @@ fn bad_route_fields() {
         &replace("scope = \"notes:read\"", "scope = \"a, b\""),
         13,
         "route[0].scope",
-        "commas",
+        "characters of",
     );
     one_issue(
         &replace("scope = \"notes:read\"", "scope = \"x\"\nany_key = true"),

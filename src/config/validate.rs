@@ -616,11 +616,11 @@ impl Validator<'_> {
                 );
                 None
             }
-            Some(scope) if !is_scope_name(scope.get_ref()) => {
+            Some(scope) if !crate::keys::record::is_scope(scope.get_ref()) => {
                 self.report(
                     key("scope"),
                     &scope.span(),
-                    format!("must be 1-{MAX_NAME_LEN} visible ASCII characters without spaces or commas"),
+                    format!("must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ : - (the characters a key's scopes may hold)"),
                 );
                 None
             }
@@ -663,13 +663,6 @@ fn is_policy_name(text: &str) -> bool {
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-/// Scope names are free strings from the policy, but must survive a comma-joined header.
-fn is_scope_name(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= MAX_NAME_LEN
-        && text.bytes().all(|b| b.is_ascii_graphic() && b != b',')
 }
 
 /// The listen address used when `server.listen` is absent: loopback, so nothing is exposed

@@ -1,7 +1,7 @@
 //! API keys: their text format, the pepper their secrets are hashed under, their records and
 //! the registry that mints, verifies, rotates and revokes them.
 //!
-//! A key reads `<namespace>_<env>_<id>_<secret>` ([`format`]). Only
+//! A key reads `<namespace>_<env>_<id>_<secret>` ([`mod@format`]). Only
 //! `HMAC-SHA256(pepper, secret)` is stored ([`pepper`]); the full key text exists once, in the
 //! [`MintedKey`] handed to the administrator. The [`KeyRegistry`] answers every request from
 //! memory and writes every change through to the store.

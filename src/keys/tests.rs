@@ -327,6 +327,25 @@ fn mint_refuses_bad_requests_without_storing_anything() {
 }
 
 #[test]
+fn batch_mints_every_key_or_none() {
+    let (_dir, store, registry) = setup();
+    let minted = registry
+        .mint_batch(vec![request("acme"), request("beta")], NOW)
+        .unwrap();
+    assert_eq!(minted.len(), 2);
+    assert_ne!(minted[0].record.id, minted[1].record.id);
+    for key in &minted {
+        let verified = registry.verify(key.key.expose_secret(), NOW).unwrap();
+        assert_eq!(verified.id, key.record.id);
+    }
+    let refused = registry.mint_batch(vec![request("acme"), request("Not An Org")], NOW);
+    assert!(matches!(refused, Err(KeyError::InvalidOrg)));
+    assert_eq!(registry.len(), 2);
+    assert_eq!(store.tree(registry::KEYS_TREE).unwrap().len(), 2);
+    assert!(registry.mint_batch(Vec::new(), NOW).unwrap().is_empty());
+}
+
+#[test]
 fn list_filters_by_org_and_sorts() {
     let (_dir, _store, registry) = setup();
     let b2 = registry.mint(request("beta"), NOW + 2).unwrap().record;

@@ -4,9 +4,8 @@
 //! secret, old secret past its grace) is the same [`VerifyError::Invalid`], reached through the
 //! same work: one HMAC of the presented secret (or of a fixed dummy when there is no secret to
 //! hash), one record load (of a placeholder record when there is no such key) and two
-//! constant-time comparisons.
-//! So neither the answer nor its timing tells a caller whether an id exists. Only a caller who
-//! holds the right secret learns that a key is revoked or expired.
+//! constant-time comparisons. So neither the answer nor its timing tells a caller whether an id
+//! exists. Only a caller who holds the right secret learns that a key is revoked or expired.
 //!
 //! The env part is bound too: a test key's secret presented as `<ns>_live_<id>_...` is
 //! invalid, so the env a caller reads from a verified record is the env the partner sent.
