@@ -5,6 +5,7 @@
 //! backend. [`config`] and [`policy`] hold what the operator decided; [`problem`] is the one
 //! way a refusal is written. See `docs/architecture.md` for the whole picture.
 
+pub mod admin;
 pub mod admin_log;
 pub mod body;
 pub mod builtin;

@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use portcullis::admin::cli::{
+    self as admin_cli, AdminArgs, AdminCommand, KeysCommand, OrgsCommand,
+};
+use portcullis::admin::AdminServer;
 use portcullis::config::Config;
 use portcullis::policy::Policy;
 use portcullis::server::{tls, Server};
@@ -50,6 +54,28 @@ enum Command {
         #[arg(long, default_value = "demo-data")]
         data_dir: PathBuf,
     },
+    /// Manage API keys through the admin socket of a running portcullis.
+    Keys {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage organizations, HIPAA mode and BAA evidence through the admin socket.
+    Orgs {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: OrgsCommand,
+    },
+    /// Show the latest administrative actions, newest first.
+    AdminLog {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How many entries to show.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +89,35 @@ fn main() -> ExitCode {
                 .await
                 .map_err(|error| error.to_string())
         }),
+        Command::Keys { admin, command } => run_admin(&admin, AdminCommand::Keys(command)),
+        Command::Orgs { admin, command } => run_admin(&admin, AdminCommand::Orgs(command)),
+        Command::AdminLog { admin, limit } => run_admin(
+            &admin,
+            AdminCommand::AdminLog {
+                limit: usize::from(limit),
+            },
+        ),
+    }
+}
+
+/// Runs one admin command: exit 1 when the call fails, 2 for usage or configuration mistakes.
+fn run_admin(args: &AdminArgs, command: AdminCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("portcullis: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(admin_cli::run(args, command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("portcullis: {error}");
+            ExitCode::from(error.exit_code())
+        }
     }
 }
 
@@ -126,11 +181,16 @@ async fn serve(config_path: PathBuf) -> Result<(), String> {
     let config = Config::load(&config_path).map_err(|error| error.to_string())?;
     let policy = Policy::new(config).map_err(|error| error.to_string())?;
     let state = State::open(policy).map_err(|error| error.to_string())?;
+    let socket = state.policies.current().config.admin.socket.clone();
+    // If the TLS port cannot be bound below, dropping `admin` removes the socket file again.
+    let admin = AdminServer::bind(state.clone(), &socket).map_err(|error| error.to_string())?;
     let server = Server::bind(state.clone())
         .await
         .map_err(|error| error.to_string())?;
+    let admin = admin.spawn();
     tracing::info!(listen = %server.local_addr(), keys = state.keys.len(), "portcullis listening");
     server.serve(shutdown_signal()).await;
+    admin.stop().await;
     tracing::info!("portcullis stopped");
     Ok(())
 }

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::admin_log::{AdminAction, AdminActionKind};
-use crate::keys::{Env, KeyRecord, KeyStatus, RateOverride, RevokeReason};
+use crate::keys::{Env, KeyRecord, KeyStatus, RateOverride, RevokeReason, Secret};
 use crate::orgs::{BaaStatus, OrgRecord};
 
 /// Every path starts with this version prefix, so the API can change shape later without
@@ -301,7 +301,9 @@ impl KeyView {
     /// secret whose grace period is over).
     pub fn new(record: &KeyRecord, now: u64) -> Self {
         let (status, revoked_at, revoke_reason) = match record.status {
-            KeyStatus::Revoked { at, reason } => (KeyState::Revoked, Some(rfc3339(at)), Some(reason)),
+            KeyStatus::Revoked { at, reason } => {
+                (KeyState::Revoked, Some(rfc3339(at)), Some(reason))
+            }
             KeyStatus::Active if record.is_expired(now) => (KeyState::Expired, None, None),
             KeyStatus::Active => (KeyState::Active, None, None),
         };
@@ -335,10 +337,32 @@ pub struct KeyList {
     pub keys: Vec<KeyView>,
 }
 
+/// The full key text as the client reads it from an answer: redacted in `Debug` and wiped
+/// from memory when dropped, like every other [`Secret`].
+pub struct ReceivedKey(Secret);
+
+impl ReceivedKey {
+    /// The key text, to show the operator once.
+    pub fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for ReceivedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReceivedKey(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for ReceivedKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(|text| Self(Secret::from_string(text)))
+    }
+}
+
 /// The answer to a mint or a rotation: the full key, once, and the record.
 ///
-/// `K` is `&str` when the server writes it and [`crate::keys::Secret`] when the client reads
-/// it, so the key text on the client side is wiped when dropped.
+/// `K` is `&str` when the server writes it and [`ReceivedKey`] when the client reads it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MintedKeyResponse<K> {
     /// The full key text. Shown once; only its hash is stored.
@@ -485,10 +509,7 @@ mod tests {
     #[test]
     fn rfc3339_parsing_is_strict_utc_and_rounds_up() {
         assert_eq!(parse_rfc3339("2030-03-17T17:46:40Z"), Some(1_900_000_000));
-        assert_eq!(
-            parse_rfc3339("2030-03-17T17:46:39.5Z"),
-            Some(1_900_000_000)
-        );
+        assert_eq!(parse_rfc3339("2030-03-17T17:46:39.5Z"), Some(1_900_000_000));
         for bad in [
             "",
             "2030-03-17",

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::admin::{AdminError, AdminServer};
 use crate::admin_log::{AdminActionKind, AdminLogError};
 use crate::config::{Config, ConfigError, SourceText};
 use crate::keys::{Env, KeyError, MintRequest, Secret};
@@ -71,6 +72,9 @@ pub enum DemoError {
     /// The demo's admin actions could not be recorded.
     #[error(transparent)]
     AdminLog(#[from] AdminLogError),
+    /// The admin socket could not be opened.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// The organization the demo key belongs to.
@@ -86,6 +90,7 @@ const DEMO_SCOPES: [&str; 2] = ["notes:read", "patients:read"];
 /// A running demo: the sidecar is bound and the backend is serving.
 pub struct Demo {
     server: Server,
+    admin: AdminServer,
     backend: DemoBackend,
     state: std::sync::Arc<State>,
     ca: PathBuf,
@@ -95,12 +100,16 @@ pub struct Demo {
 impl Demo {
     /// Creates certificates if needed, starts the backend and binds the sidecar.
     pub async fn start(options: &DemoOptions) -> Result<Self, DemoError> {
-        std::fs::create_dir_all(&options.data_dir).map_err(|source| DemoError::DataDir {
+        let data_error = |source| DemoError::DataDir {
             path: options.data_dir.clone(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(&options.data_dir).map_err(data_error)?;
+        // Absolute from here on, so paths printed and written into the policy mean the same
+        // thing whatever the working directory.
+        let data_dir = std::fs::canonicalize(&options.data_dir).map_err(data_error)?;
         let pki = pki::ensure_dev_pki(
-            &options.data_dir.join("certs"),
+            &data_dir.join("certs"),
             &["localhost", "127.0.0.1", "::1"],
         )?;
         let backend = DemoBackend::start(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -116,15 +125,18 @@ impl Demo {
                 "upstream.url",
                 toml::Value::from(format!("http://{}", backend.local_addr())),
             ),
-            ("storage.data_dir", path_value(&options.data_dir)),
+            ("storage.data_dir", path_value(&data_dir)),
         ];
         let source = SourceText::new("config/demo.toml (built in)", DEMO_POLICY);
-        let config = Config::parse_with_overrides(&source, &options.data_dir, &overrides)?;
+        let config = Config::parse_with_overrides(&source, &data_dir, &overrides)?;
         let state = State::open(Policy::new(config)?)?;
         let key = mint_demo_key(&state)?;
+        let socket = state.policies.current().config.admin.socket.clone();
+        let admin = AdminServer::bind(state.clone(), &socket)?;
         let server = Server::bind(state.clone()).await?;
         Ok(Self {
             server,
+            admin,
             backend,
             state,
             ca: pki.ca,
@@ -188,9 +200,17 @@ impl Demo {
         )
     }
 
-    /// Serves until `shutdown` completes, then drains and stops the backend.
+    /// The admin socket the `portcullis keys|orgs` commands can reach this demo on.
+    pub fn admin_socket(&self) -> &Path {
+        self.admin.path()
+    }
+
+    /// Serves the sidecar and the admin socket until `shutdown` completes, then drains, closes
+    /// the admin socket and stops the backend.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let admin = self.admin.spawn();
         self.server.serve(shutdown).await;
+        admin.stop().await;
         self.backend.shutdown().await;
     }
 }
