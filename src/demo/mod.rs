@@ -108,10 +108,7 @@ impl Demo {
         // Absolute from here on, so paths printed and written into the policy mean the same
         // thing whatever the working directory.
         let data_dir = std::fs::canonicalize(&options.data_dir).map_err(data_error)?;
-        let pki = pki::ensure_dev_pki(
-            &data_dir.join("certs"),
-            &["localhost", "127.0.0.1", "::1"],
-        )?;
+        let pki = pki::ensure_dev_pki(&data_dir.join("certs"), &["localhost", "127.0.0.1", "::1"])?;
         let backend = DemoBackend::start(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
 
         let overrides = [
