@@ -210,27 +210,13 @@ impl Problem {
 
     /// The JSON document, with `instance` set to the request id so support can find the record.
     pub fn to_json(&self, request_id: &str) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Document<'a> {
-            #[serde(rename = "type")]
-            kind: String,
-            title: &'static str,
-            status: u16,
-            detail: &'a str,
-            instance: String,
-            code: &'static str,
-        }
-        let document = Document {
-            kind: format!("{TYPE_PREFIX}{}", self.code.as_str()),
-            title: self.code.title(),
-            status: self.status().as_u16(),
-            detail: &self.detail,
-            instance: format!("urn:request:{request_id}"),
-            code: self.code.as_str(),
-        };
-        // Serializing a struct of strings and integers cannot fail; fall back to a minimal
-        // document rather than panicking if it ever did.
-        serde_json::to_vec(&document).unwrap_or_else(|_| b"{}".to_vec())
+        render_document(
+            self.code.as_str(),
+            self.code.title(),
+            self.status(),
+            &self.detail,
+            request_id,
+        )
     }
 
     /// Renders the answer. The caller adds `X-Request-Id`, as it does for every answer.
@@ -246,6 +232,38 @@ impl Problem {
         }
         response
     }
+}
+
+/// Serializes one RFC 9457 document. Shared by the partner-facing problems here and the admin
+/// socket's own codes, so both speak exactly the same format.
+pub fn render_document(
+    code: &str,
+    title: &str,
+    status: StatusCode,
+    detail: &str,
+    request_id: &str,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Document<'a> {
+        #[serde(rename = "type")]
+        kind: String,
+        title: &'a str,
+        status: u16,
+        detail: &'a str,
+        instance: String,
+        code: &'a str,
+    }
+    let document = Document {
+        kind: format!("{TYPE_PREFIX}{code}"),
+        title,
+        status: status.as_u16(),
+        detail,
+        instance: format!("urn:request:{request_id}"),
+        code,
+    };
+    // Serializing a struct of strings and integers cannot fail; fall back to a minimal
+    // document rather than panicking if it ever did.
+    serde_json::to_vec(&document).unwrap_or_else(|_| b"{}".to_vec())
 }
 
 impl std::fmt::Display for Problem {

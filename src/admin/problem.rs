@@ -10,7 +10,6 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Response, StatusCode};
-use serde::Serialize;
 
 use crate::admin_log::AdminLogError;
 use crate::body::{full_body, ProxyBody};
@@ -19,8 +18,6 @@ use crate::orgs::OrgError;
 use crate::problem::PROBLEM_CONTENT_TYPE;
 
 /// Prefix of the `type` URI, shared with partner-facing problems.
-const TYPE_PREFIX: &str = "urn:portcullis:problem:";
-
 /// Every refusal the admin API can give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AdminCode {
@@ -139,26 +136,13 @@ impl AdminProblem {
 
     /// The problem document; `instance` is the request id, as for partner problems.
     pub fn to_json(&self, request_id: &str) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Document<'a> {
-            #[serde(rename = "type")]
-            kind: String,
-            title: &'static str,
-            status: u16,
-            detail: &'a str,
-            instance: String,
-            code: &'static str,
-        }
-        let document = Document {
-            kind: format!("{TYPE_PREFIX}{}", self.code.as_str()),
-            title: self.code.title(),
-            status: self.code.status().as_u16(),
-            detail: &self.detail,
-            instance: format!("urn:request:{request_id}"),
-            code: self.code.as_str(),
-        };
-        // A struct of strings and integers always serializes; never panic if it did not.
-        serde_json::to_vec(&document).unwrap_or_else(|_| b"{}".to_vec())
+        crate::problem::render_document(
+            self.code.as_str(),
+            self.code.title(),
+            self.code.status(),
+            &self.detail,
+            request_id,
+        )
     }
 
     /// The HTTP answer.
