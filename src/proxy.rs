@@ -1,9 +1,11 @@
 //! The request pipeline: every request that reaches the listener goes through [`handle`].
 //!
 //! The order is fixed and visible in [`process`]: limits, built-in health, keys in URLs,
-//! client address, authentication, production gating, built-in whoami, route, scope, body
-//! limit, forward. Every answer, from a gate or from the backend, leaves with an
-//! `X-Request-Id`, and every refusal is rendered as one RFC 9457 problem document in one place.
+//! client address, authentication, the key's rate limit, production gating, built-in whoami,
+//! route, scope, body limit, the route class's rate limit and the daily quotas, forward.
+//! Every answer, from a gate or from the backend, leaves with an `X-Request-Id`, every answer
+//! to an authenticated key with its rate-limit headers, and every refusal is rendered as one
+//! RFC 9457 problem document in one place.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use crate::body::{LimitTrip, LimitedBody, ProxyBody};
 use crate::builtin;
 use crate::forward::headers::Identity;
 use crate::forward::{Destination, Outbound};
+use crate::gate::ratelimit::RateStatus;
 use crate::gate::{authn, client_ip, gating, limits, scope};
 use crate::keys::Env;
 use crate::policy::Policy;
@@ -59,6 +62,9 @@ pub async fn handle(
             problem.into_response(request_id.as_str())
         }
     };
+    if let Some(status) = &trace.limit {
+        status.apply(policy.config.ratelimit.headers, response.headers_mut());
+    }
     response
         .headers_mut()
         .insert(REQUEST_ID_HEADER, request_id.header_value());
@@ -74,11 +80,13 @@ pub async fn handle(
     Ok(response)
 }
 
-/// What the pipeline learned, for logging: policy names and public ids only.
+/// What the pipeline learned: policy names and public ids for logging, and the rate-limit
+/// status every answer to an authenticated key reports.
 #[derive(Default)]
 struct Trace<'p> {
     route: Option<&'p str>,
     key_id: Option<String>,
+    limit: Option<RateStatus>,
 }
 
 /// The gates in order.
@@ -105,6 +113,10 @@ async fn process<'p>(
     authn::refuse_key_in_url(request.uri(), state, &config.auth, client_ip)?;
     let caller = authn::authenticate(request.headers(), state, &config.auth, client_ip)?;
     trace.key_id = Some(caller.key.id.to_string());
+    state
+        .limits
+        .admit_key(&caller.key, &config.ratelimit)
+        .record(&mut trace.limit)?;
     gating::check(&caller)?;
     if is_builtin(request.method(), path, config.auth.whoami_path.as_deref()) {
         return Ok(builtin::whoami(&caller, policy));
@@ -123,6 +135,10 @@ async fn process<'p>(
     trace.route = Some(route.name.as_str());
     scope::check(route, &caller.key)?;
     limits::check_declared_length(request.headers(), config.server.max_body_bytes)?;
+    state
+        .limits
+        .admit_route(&caller.key, route.limit.as_deref(), &config.ratelimit)
+        .record(&mut trace.limit)?;
 
     let trip = LimitTrip::default();
     let limit = config.server.max_body_bytes;

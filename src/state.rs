@@ -1,20 +1,24 @@
 //! The long-lived parts of a running sidecar, shared by every connection and the admin socket.
 //!
 //! The policy is swapped on reload; everything here outlives policies: the store, the key and
-//! organization registries, the admin action log and the failed-authentication throttle.
+//! organization registries, the admin action log, the failed-authentication throttle and the
+//! request limits and quotas (so a reload never refills anyone's buckets).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::admin_log::AdminLog;
+use crate::gate::ratelimit::{LimitClock, RateLimits};
 use crate::gate::throttle::AuthThrottle;
 use crate::keys::{KeyError, KeyRegistry, Pepper, PepperError};
 use crate::orgs::{OrgError, OrgRegistry};
 use crate::policy::{Policy, PolicyHandle};
 use crate::store::{Store, StoreError};
 
-/// How often idle throttle entries are shed.
-const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often idle throttle entries, full rate-limit buckets and idle quota counters are shed.
+/// Short, so memory follows the keys active in the last few seconds rather than the last
+/// minute.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the sidecar's state could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,8 @@ pub struct State {
     pub admin_log: AdminLog,
     /// Failed-authentication budgets.
     pub throttle: AuthThrottle,
+    /// Per-key request limits and daily quotas.
+    pub limits: RateLimits,
 }
 
 impl std::fmt::Debug for State {
@@ -58,6 +64,12 @@ impl std::fmt::Debug for State {
 impl State {
     /// Opens the store in the policy's data directory and loads the registries.
     pub fn open(policy: Policy) -> Result<Arc<Self>, StateError> {
+        Self::open_with_clock(policy, LimitClock::system())
+    }
+
+    /// [`State::open`] with limits, quotas and the throttle timed by `clock`, so tests can
+    /// move time (refills, `Retry-After`, midnight) instead of waiting for it.
+    pub fn open_with_clock(policy: Policy, clock: LimitClock) -> Result<Arc<Self>, StateError> {
         let config = &policy.config;
         let store = Store::open(&config.storage.data_dir)?;
         let pepper = Pepper::load_or_create(&config.auth.pepper_file)?;
@@ -69,7 +81,9 @@ impl State {
             auth.max_failures_per_ip,
             auth.max_failures_per_key,
             auth.failure_window,
+            clock.clone(),
         );
+        let limits = RateLimits::open(&store, clock)?;
         Ok(Arc::new(Self {
             policies: PolicyHandle::new(policy),
             store,
@@ -77,6 +91,7 @@ impl State {
             orgs,
             admin_log,
             throttle,
+            limits,
         }))
     }
 
@@ -89,9 +104,25 @@ impl State {
             loop {
                 tick.tick().await;
                 let Some(state) = state.upgrade() else { return };
-                state.throttle.shed_idle();
+                // Sweeping maps of many keys takes a while: keep it off the async workers.
+                let housekeeping = tokio::task::spawn_blocking(move || state.housekeeping());
+                if let Err(error) = housekeeping.await {
+                    tracing::warn!(%error, "housekeeping task failed");
+                }
             }
         })
+    }
+
+    /// One round of housekeeping: sheds idle throttle entries, full buckets and idle quota
+    /// counters, and once a day deletes past days' quota rows. Blocking.
+    fn housekeeping(&self) {
+        self.throttle.shed_idle();
+        self.limits.shed_idle();
+        if self.limits.prune_due() {
+            if let Err(error) = self.limits.prune_quotas() {
+                tracing::warn!(%error, "cannot prune past days' quota counters");
+            }
+        }
     }
 }
 

@@ -8,13 +8,16 @@ mod raw;
 mod source;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Uri};
 
+use crate::gate::ratelimit::{HeaderStyle, Rate};
 use crate::gate::route::PathTemplate;
 
 pub use source::{Location, SourceText};
@@ -32,6 +35,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The administration socket.
     pub admin: AdminConfig,
+    /// Request limits, daily quotas and how they are reported.
+    pub ratelimit: RateLimitConfig,
     /// The routes partners may call, in file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -151,6 +156,31 @@ impl CredentialHeader {
     }
 }
 
+/// `[ratelimit]`.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// Every key's own limit unless its record carries an override.
+    pub default: Rate,
+    /// Requests one key may have forwarded per UTC day over all routes, if limited.
+    pub daily_quota: Option<u32>,
+    /// Which rate-limit header fields answers carry.
+    pub headers: HeaderStyle,
+    /// Named limits that routes opt into with `limit = "<name>"`.
+    pub classes: BTreeMap<String, Arc<LimitClass>>,
+}
+
+/// One `[ratelimit.classes.<name>]`: a limit for a kind of route (writes, outbound calls),
+/// applied per key on top of the key's own limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitClass {
+    /// The class name, shown to partners as the `RateLimit-Policy` name.
+    pub name: Arc<str>,
+    /// Requests per minute and burst for each key on the class's routes, if limited.
+    pub rate: Option<Rate>,
+    /// Requests per key per UTC day on the class's routes, if limited.
+    pub daily_quota: Option<u32>,
+}
+
 /// `[admin]`.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
@@ -169,6 +199,8 @@ pub struct RouteConfig {
     pub path: PathTemplate,
     /// The scope a key needs for this route.
     pub scope: ScopeRequirement,
+    /// The route class whose limit and quota also apply, if any.
+    pub limit: Option<Arc<LimitClass>>,
 }
 
 /// What a key must hold to use a route: deny by default, so "no scope" is spelled out.

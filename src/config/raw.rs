@@ -2,6 +2,8 @@
 //! apply defaults and point at the line of each mistake. Nothing outside `config` sees these
 //! types; the rest of the crate works with the validated [`super::Config`].
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -20,6 +22,8 @@ pub struct RawConfig {
     pub auth: RawAuth,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub ratelimit: RawRateLimit,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -83,6 +87,7 @@ pub struct RawRoute {
     pub path: Opt<String>,
     pub scope: Opt<String>,
     pub any_key: Opt<bool>,
+    pub limit: Opt<String>,
 }
 
 /// `[auth]`: how partners present keys and what happens around verification.
@@ -105,4 +110,25 @@ pub struct RawAuth {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub socket: Opt<String>,
+}
+
+/// `[ratelimit]`: the default per-key limit, reporting, and named route classes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests_per_minute: Opt<i64>,
+    pub burst: Opt<i64>,
+    pub daily_quota: Opt<i64>,
+    pub headers: Opt<String>,
+    #[serde(default)]
+    pub classes: BTreeMap<Spanned<String>, Spanned<RawLimitClass>>,
+}
+
+/// `[ratelimit.classes.<name>]`: a limit and/or quota routes opt into.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimitClass {
+    pub requests_per_minute: Opt<i64>,
+    pub burst: Opt<i64>,
+    pub daily_quota: Opt<i64>,
 }

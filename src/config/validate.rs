@@ -1,24 +1,38 @@
 //! From the file as written ([`super::raw`]) to a checked [`Config`], collecting every mistake.
 
+use std::collections::BTreeMap;
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Uri};
 use toml::Spanned;
 
 use super::raw::{
-    Opt, RawAdmin, RawAuth, RawConfig, RawHttp2, RawRoute, RawServer, RawStorage, RawUpstream,
+    Opt, RawAdmin, RawAuth, RawConfig, RawHttp2, RawLimitClass, RawRateLimit, RawRoute, RawServer,
+    RawStorage, RawUpstream,
 };
 use super::{
     AdminConfig, AuthConfig, Config, ConfigError, ConfigIssue, CredentialHeader, Http2Config,
-    RouteConfig, ScopeRequirement, ServerConfig, SourceText, StorageConfig, UpstreamConfig,
+    LimitClass, RateLimitConfig, RouteConfig, ScopeRequirement, ServerConfig, SourceText,
+    StorageConfig, UpstreamConfig,
 };
+use crate::gate::ratelimit::{HeaderStyle, Rate};
 use crate::gate::route::{PathTemplate, RouteTable};
 
 /// Longest route name or scope name: they become audit fields and metric labels.
 const MAX_NAME_LEN: usize = 64;
+
+/// Sustained requests per minute a limit may allow.
+const PER_MINUTE_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+
+/// Requests a limit may allow back to back.
+const BURST_RANGE: RangeInclusive<u64> = 1..=100_000;
+
+/// Requests a daily quota may allow (counts are 32-bit).
+const DAILY_QUOTA_RANGE: RangeInclusive<u64> = 1..=1_000_000_000;
 
 pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = match toml::from_str(source.text()) {
@@ -45,7 +59,8 @@ pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, C
     let storage = v.storage(raw.storage);
     let auth = v.auth(raw.auth, &storage);
     let admin = v.admin(raw.admin, &storage);
-    let routes = v.routes(raw.routes);
+    let ratelimit = v.ratelimit(raw.ratelimit);
+    let routes = v.routes(raw.routes, &ratelimit.classes);
     if !v.issues.is_empty() {
         let mut issues = v.issues;
         issues.sort_by_key(|issue| (issue.location.line, issue.location.column));
@@ -58,6 +73,7 @@ pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, C
             storage,
             auth,
             admin,
+            ratelimit,
             routes,
         }),
         // Every `None` above is accompanied by an issue, so this arm is only a safety net.
@@ -490,12 +506,122 @@ impl Validator<'_> {
         StorageConfig { data_dir }
     }
 
-    fn routes(&mut self, raw: Vec<Spanned<RawRoute>>) -> Option<Vec<RouteConfig>> {
+    fn ratelimit(&mut self, raw: RawRateLimit) -> RateLimitConfig {
+        let per_minute = self.count(
+            "ratelimit.requests_per_minute",
+            &raw.requests_per_minute,
+            u64::from(Rate::DEFAULT.per_minute()),
+            PER_MINUTE_RANGE,
+        );
+        let burst = self.count(
+            "ratelimit.burst",
+            &raw.burst,
+            u64::from(Rate::DEFAULT.burst()),
+            BURST_RANGE,
+        );
+        let headers = match &raw.headers {
+            None => HeaderStyle::default(),
+            Some(style) => match style.get_ref().as_str() {
+                "both" => HeaderStyle::Both,
+                "legacy" => HeaderStyle::Legacy,
+                "draft" => HeaderStyle::Draft,
+                _ => {
+                    self.report(
+                        "ratelimit.headers",
+                        &style.span(),
+                        "must be \"both\", \"legacy\" (X-RateLimit-*) or \"draft\" (RateLimit-Policy and RateLimit)",
+                    );
+                    HeaderStyle::default()
+                }
+            },
+        };
+        let mut classes = BTreeMap::new();
+        for (name, class) in &raw.classes {
+            let key = format!("ratelimit.classes.{}", name.get_ref());
+            if !is_policy_name(name.get_ref()) {
+                self.report(
+                    key,
+                    &name.span(),
+                    format!(
+                        "class names must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ : -"
+                    ),
+                );
+                continue;
+            }
+            let class = self.limit_class(&key, name.get_ref(), class);
+            classes.insert(name.get_ref().clone(), Arc::new(class));
+        }
+        RateLimitConfig {
+            default: to_rate(per_minute, burst).unwrap_or(Rate::DEFAULT),
+            daily_quota: self.daily_quota("ratelimit.daily_quota", &raw.daily_quota),
+            headers,
+            classes,
+        }
+    }
+
+    fn limit_class(&mut self, key: &str, name: &str, raw: &Spanned<RawLimitClass>) -> LimitClass {
+        let span = raw.span();
+        let raw = raw.get_ref();
+        let field = |name: &str| format!("{key}.{name}");
+        if raw.requests_per_minute.is_none() && raw.burst.is_none() && raw.daily_quota.is_none() {
+            self.report(
+                key,
+                &span,
+                "limits nothing: set requests_per_minute and burst, daily_quota, or both",
+            );
+        }
+        let rate = match (&raw.requests_per_minute, &raw.burst) {
+            (Some(_), Some(_)) => {
+                let per_minute = self.count(
+                    &field("requests_per_minute"),
+                    &raw.requests_per_minute,
+                    1,
+                    PER_MINUTE_RANGE,
+                );
+                let burst = self.count(&field("burst"), &raw.burst, 1, BURST_RANGE);
+                to_rate(per_minute, burst)
+            }
+            (Some(set), None) => {
+                self.report(
+                    field("requests_per_minute"),
+                    &set.span(),
+                    "a class limit needs both requests_per_minute and burst; add burst",
+                );
+                None
+            }
+            (None, Some(set)) => {
+                self.report(
+                    field("burst"),
+                    &set.span(),
+                    "a class limit needs both requests_per_minute and burst; add requests_per_minute",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        LimitClass {
+            name: Arc::from(name),
+            rate,
+            daily_quota: self.daily_quota(&field("daily_quota"), &raw.daily_quota),
+        }
+    }
+
+    fn daily_quota(&mut self, key: &str, value: &Opt<i64>) -> Option<u32> {
+        value.as_ref()?;
+        let quota = self.count(key, value, 0, DAILY_QUOTA_RANGE);
+        u32::try_from(quota).ok().filter(|quota| *quota > 0)
+    }
+
+    fn routes(
+        &mut self,
+        raw: Vec<Spanned<RawRoute>>,
+        classes: &BTreeMap<String, Arc<LimitClass>>,
+    ) -> Option<Vec<RouteConfig>> {
         let mut routes = Vec::with_capacity(raw.len());
         let mut path_spans = Vec::with_capacity(raw.len());
         let mut complete = true;
         for (index, route) in raw.iter().enumerate() {
-            match self.route(index, route, &raw[..index]) {
+            match self.route(index, route, &raw[..index], classes) {
                 Some(parsed) => {
                     path_spans.push(
                         route
@@ -542,6 +668,7 @@ impl Validator<'_> {
         index: usize,
         spanned: &Spanned<RawRoute>,
         earlier: &[Spanned<RawRoute>],
+        classes: &BTreeMap<String, Arc<LimitClass>>,
     ) -> Option<RouteConfig> {
         let span = spanned.span();
         let raw = spanned.get_ref();
@@ -637,13 +764,37 @@ impl Validator<'_> {
             }
         };
 
+        let limit = match &raw.limit {
+            None => Some(None),
+            Some(class) => match classes.get(class.get_ref()) {
+                Some(found) => Some(Some(found.clone())),
+                None => {
+                    self.report(
+                        key("limit"),
+                        &class.span(),
+                        format!(
+                            "names no route class; define [ratelimit.classes.{}] or remove the limit",
+                            class.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+
         Some(RouteConfig {
             name: name?,
             method: method?,
             path: path?,
             scope: scope?,
+            limit: limit?,
         })
     }
+}
+
+/// A rate from validated counts (both already range-checked to at least 1).
+fn to_rate(per_minute: u64, burst: u64) -> Option<Rate> {
+    Rate::new(u32::try_from(per_minute).ok()?, u32::try_from(burst).ok()?)
 }
 
 /// Key namespaces: they are the first `_`-separated part of every key.

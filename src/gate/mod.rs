@@ -7,6 +7,8 @@ pub mod authn;
 pub mod client_ip;
 pub mod gating;
 pub mod limits;
+pub mod quota;
+pub mod ratelimit;
 pub mod route;
 pub mod scope;
 pub mod throttle;
