@@ -7,6 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hint::black_box;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hmac::{Hmac, KeyInit, Mac};
 use http::{HeaderMap, HeaderValue, Method};
 use portcullis::config::{Config, SourceText};
+use portcullis::gate::ratelimit::Rate;
 use portcullis::gate::{authn, gating, scope};
 use portcullis::keys::{Env, MintRequest};
 use portcullis::orgs::BaaStatus;
@@ -152,6 +154,44 @@ fn gates(c: &mut Criterion) {
         .collect();
     group.bench_function("peer_hashmap_lookup_100k", |b| {
         b.iter(|| black_box(index.get(&black_box(50_000u32.wrapping_mul(2654435761)))))
+    });
+    group.finish();
+
+    // The limiter with 100,000 keys active at once: every key is touched round-robin, with a
+    // limit high enough that none is ever refused (a refusal would be cheaper).
+    let records = state.keys.list(None);
+    let mut limits = policy.config.ratelimit.clone();
+    limits.default = Rate::new(1_000_000, 1_000_000).unwrap();
+    for record in &records {
+        state
+            .limits
+            .admit_key(record, &limits)
+            .record(&mut None)
+            .unwrap();
+    }
+    let peer: governor::DefaultKeyedRateLimiter<u32> = governor::RateLimiter::keyed(
+        governor::Quota::per_minute(NonZeroU32::new(1_000_000).unwrap()),
+    );
+    let mut group = c.benchmark_group("ratelimit_100k_active_keys");
+    let mut next = 0usize;
+    group.bench_function("admit_key_and_header_status", |b| {
+        b.iter(|| {
+            next = (next + 1) % records.len();
+            let mut shown = None;
+            state
+                .limits
+                .admit_key(&records[next], &limits)
+                .record(&mut shown)
+                .unwrap();
+            black_box(shown)
+        })
+    });
+    let mut next = 0u32;
+    group.bench_function("peer_bare_governor_keyed_check", |b| {
+        b.iter(|| {
+            next = (next + 1) % KEYS as u32;
+            black_box(peer.check_key(&next).is_ok())
+        })
     });
     group.finish();
 }
