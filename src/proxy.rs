@@ -31,7 +31,7 @@ use crate::state::State;
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
-    /// The TCP peer.
+    /// The TCP peer, or the client named by a trusted load balancer's PROXY header.
     pub peer: SocketAddr,
 }
 

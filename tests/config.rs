@@ -443,3 +443,19 @@ fn builtin_endpoints_can_be_disabled_and_proxies_parsed() {
     assert_eq!(config.server.trusted_proxies.len(), 2);
     assert_eq!(config.server.trusted_proxies[0].to_string(), "10.1.2.3/32");
 }
+
+#[test]
+fn proxy_protocol_needs_trusted_proxies() {
+    one_issue(
+        &replace("[upstream]", "proxy_protocol = true\n[upstream]"),
+        6,
+        "server.proxy_protocol",
+        "needs server.trusted_proxies",
+    );
+    let dir = dir();
+    let text = replace(
+        "[upstream]",
+        "trusted_proxies = [\"10.0.0.0/8\"]\nproxy_protocol = true\n[upstream]",
+    );
+    assert!(parse(&text, dir.path()).unwrap().server.proxy_protocol);
+}

@@ -71,6 +71,9 @@ pub struct ServerConfig {
     /// Load balancers whose `X-Forwarded-For` is believed; empty means the TCP peer is the
     /// client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections from trusted proxies open with a PROXY protocol v2 header naming the
+    /// client; connections from anywhere else are served as direct clients.
+    pub proxy_protocol: bool,
 }
 
 /// `[server.http2]`.

@@ -43,6 +43,7 @@ pub struct RawServer {
     pub max_body_bytes: Opt<i64>,
     pub max_connections: Opt<i64>,
     pub trusted_proxies: Opt<Vec<String>>,
+    pub proxy_protocol: Opt<bool>,
     #[serde(default)]
     pub http2: RawHttp2,
 }

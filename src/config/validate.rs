@@ -252,7 +252,17 @@ impl Validator<'_> {
             ) as usize,
             http2: self.http2(&raw.http2),
             trusted_proxies: self.networks("server.trusted_proxies", &raw.trusted_proxies),
+            proxy_protocol: raw.proxy_protocol.as_ref().is_some_and(|v| *v.get_ref()),
         };
+        if let Some(flag) = raw.proxy_protocol.as_ref().filter(|v| *v.get_ref()) {
+            if config.trusted_proxies.is_empty() {
+                self.report(
+                    "server.proxy_protocol",
+                    &flag.span(),
+                    "needs server.trusted_proxies: only the load balancers listed there may send a PROXY header",
+                );
+            }
+        }
         Some(config)
     }
 

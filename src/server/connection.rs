@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::proxy_protocol;
 use super::sniff::{self, FirstByte};
 use super::tls::ALPN_H2;
 use crate::config::ServerConfig;
@@ -30,12 +31,32 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    pub async fn serve(mut self, tcp: TcpStream, peer: SocketAddr) {
+    pub async fn serve(mut self, mut tcp: TcpStream, peer: SocketAddr) {
         let policy = self.state.policies.current();
         let limits = &policy.config.server;
         let patience = limits.tls_handshake_timeout;
+        let expects_proxy_header = limits.proxy_protocol
+            && limits
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&peer.ip().to_canonical()));
 
+        let mut client = peer;
         let establish = async {
+            if expects_proxy_header {
+                match tokio::time::timeout(patience, proxy_protocol::read_header(&mut tcp)).await {
+                    Ok(Ok(Some(source))) => client = source,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "PROXY header refused");
+                        return None;
+                    }
+                    Err(_) => {
+                        tracing::debug!("PROXY header timed out");
+                        return None;
+                    }
+                }
+            }
             let first = tokio::time::timeout(patience, sniff::peek_first_byte(&tcp)).await;
             let Ok(Ok(Some(first))) = first else {
                 return None;
@@ -69,7 +90,7 @@ impl Connection {
         let Some(tls) = tls else { return };
 
         let h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
-        let conn = Arc::new(ConnInfo { peer });
+        let conn = Arc::new(ConnInfo { peer: client });
         let state = self.state.clone();
         let service =
             service_fn(move |request| proxy::handle(request, conn.clone(), state.clone()));

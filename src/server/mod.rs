@@ -7,6 +7,7 @@
 //! keep-alive.
 
 mod connection;
+pub mod proxy_protocol;
 pub mod sniff;
 pub mod tls;
 

@@ -512,3 +512,32 @@ impl http_body::Body for ChannelBody {
             .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
     }
 }
+
+/// TLS over an already connected stream (e.g. after writing a PROXY protocol header).
+pub async fn tls_over(
+    tcp: TcpStream,
+    ca: &Path,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let connector = TlsConnector::from(Arc::new(client_tls(ca, alpn)));
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// One HTTP/1.1 request over an established stream, answered in full.
+pub async fn send_over<S>(
+    stream: S,
+    request: Request<ProxyBody>,
+) -> hyper::Result<(http::response::Parts, Bytes)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok((parts, body))
+}
