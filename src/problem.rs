@@ -56,6 +56,14 @@ pub enum ProblemCode {
     IdempotencyInProgress,
     /// The same `Idempotency-Key` was used for a different request.
     IdempotencyMismatch,
+    /// The request with this `Idempotency-Key` was processed, but its answer was too large to
+    /// keep, so it cannot be replayed (retrying would never succeed).
+    IdempotencyNotReplayable,
+    /// The idempotency store cannot record the request, so the write is refused rather than
+    /// forwarded without protection against duplicates.
+    IdempotencyUnavailable,
+    /// The request body ended abnormally (the client stopped sending or broke the framing).
+    BodyIncomplete,
     /// The request body exceeds the configured limit.
     RequestTooLarge,
     /// The request header section exceeds the configured limits.
@@ -90,6 +98,9 @@ impl ProblemCode {
             Self::IdempotencyMissing => "idempotency.missing",
             Self::IdempotencyInProgress => "idempotency.in_progress",
             Self::IdempotencyMismatch => "idempotency.mismatch",
+            Self::IdempotencyNotReplayable => "idempotency.not_replayable",
+            Self::IdempotencyUnavailable => "idempotency.unavailable",
+            Self::BodyIncomplete => "request.body_incomplete",
             Self::RequestTooLarge => "request.too_large",
             Self::HeadersTooLarge => "request.headers_too_large",
             Self::RateLimited => "rate.limited",
@@ -103,15 +114,18 @@ impl ProblemCode {
     /// The HTTP status that goes with the code.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::KeyInUrl | Self::PlainHttp | Self::InvalidPath | Self::IdempotencyMissing => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::KeyInUrl
+            | Self::PlainHttp
+            | Self::InvalidPath
+            | Self::IdempotencyMissing
+            | Self::BodyIncomplete => StatusCode::BAD_REQUEST,
             Self::AuthMissing | Self::AuthInvalid | Self::AuthRevoked | Self::AuthExpired => {
                 StatusCode::UNAUTHORIZED
             }
             Self::PermDenied | Self::EnvGated | Self::IpDenied => StatusCode::FORBIDDEN,
             Self::RouteUnknown => StatusCode::NOT_FOUND,
-            Self::IdempotencyInProgress => StatusCode::CONFLICT,
+            Self::IdempotencyInProgress | Self::IdempotencyNotReplayable => StatusCode::CONFLICT,
+            Self::IdempotencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -140,6 +154,9 @@ impl ProblemCode {
             Self::IdempotencyMissing => "Idempotency-Key required",
             Self::IdempotencyInProgress => "Request with this Idempotency-Key in progress",
             Self::IdempotencyMismatch => "Idempotency-Key reused for a different request",
+            Self::IdempotencyNotReplayable => "Answer for this Idempotency-Key cannot be replayed",
+            Self::IdempotencyUnavailable => "Idempotency store unavailable",
+            Self::BodyIncomplete => "Request body incomplete",
             Self::RequestTooLarge => "Request body too large",
             Self::HeadersTooLarge => "Request headers too large",
             Self::RateLimited => "Rate limit exceeded",

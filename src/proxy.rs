@@ -2,7 +2,8 @@
 //!
 //! The order is fixed and visible in [`process`]: limits, built-in health, keys in URLs,
 //! client address, authentication, the key's rate limit, production gating, built-in whoami,
-//! route, scope, body limit, the route class's rate limit and the daily quotas, forward.
+//! route, scope, body limit, the route class's rate limit and the daily quotas, the
+//! idempotency key (replaying a cached answer, or recording the answer of the forward), forward.
 //! Every answer, from a gate or from the backend, leaves with an `X-Request-Id`, every answer
 //! to an authenticated key with its rate-limit headers, and every refusal is rendered as one
 //! RFC 9457 problem document in one place.
@@ -20,6 +21,7 @@ use crate::body::{LimitTrip, LimitedBody, ProxyBody};
 use crate::builtin;
 use crate::forward::headers::Identity;
 use crate::forward::{Destination, Outbound};
+use crate::gate::idempotency::Admission;
 use crate::gate::ratelimit::RateStatus;
 use crate::gate::{authn, client_ip, gating, limits, scope};
 use crate::keys::Env;
@@ -143,6 +145,14 @@ async fn process<'p>(
     let trip = LimitTrip::default();
     let limit = config.server.max_body_bytes;
     let request = request.map(|body| LimitedBody::new(body, limit, trip.clone()).boxed());
+    let (request, lease) = match state
+        .idempotency
+        .admit(request, route, &caller, config)
+        .await?
+    {
+        Admission::Forward { request, lease } => (request, lease),
+        Admission::Replay(response) => return Ok(response),
+    };
     let key_id = caller.key.id.to_string();
     let scopes = caller
         .key
@@ -167,7 +177,14 @@ async fn process<'p>(
         }),
         credential_headers: &credential_headers,
     };
-    policy.forwarder.forward(request, &outbound, &trip).await
+    match lease {
+        Some(lease) => {
+            lease
+                .forward(&policy.forwarder, request, &outbound, &trip)
+                .await
+        }
+        None => policy.forwarder.forward(request, &outbound, &trip).await,
+    }
 }
 
 fn is_builtin(method: &Method, path: &str, builtin: Option<&str>) -> bool {

@@ -1,13 +1,15 @@
 //! The long-lived parts of a running sidecar, shared by every connection and the admin socket.
 //!
 //! The policy is swapped on reload; everything here outlives policies: the store, the key and
-//! organization registries, the admin action log, the failed-authentication throttle and the
-//! request limits and quotas (so a reload never refills anyone's buckets).
+//! organization registries, the admin action log, the failed-authentication throttle, the
+//! request limits and quotas (so a reload never refills anyone's buckets) and the idempotency
+//! cache.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::admin_log::AdminLog;
+use crate::gate::idempotency::{Idempotency, IdempotencyError};
 use crate::gate::ratelimit::{LimitClock, RateLimits};
 use crate::gate::throttle::AuthThrottle;
 use crate::keys::{KeyError, KeyRegistry, Pepper, PepperError};
@@ -35,6 +37,9 @@ pub enum StateError {
     /// The organization registry could not be loaded.
     #[error(transparent)]
     Orgs(#[from] OrgError),
+    /// The idempotency key file or record tree could not be opened.
+    #[error(transparent)]
+    Idempotency(#[from] IdempotencyError),
 }
 
 /// Everything a request or an admin command may consult besides the policy.
@@ -53,6 +58,8 @@ pub struct State {
     pub throttle: AuthThrottle,
     /// Per-key request limits and daily quotas.
     pub limits: RateLimits,
+    /// Cached answers of writes sent with an `Idempotency-Key`.
+    pub idempotency: Idempotency,
 }
 
 impl std::fmt::Debug for State {
@@ -83,6 +90,7 @@ impl State {
             auth.failure_window,
             clock.clone(),
         );
+        let idempotency = Idempotency::open(&store, &config.idempotency, clock.clone())?;
         let limits = RateLimits::open(&store, clock)?;
         Ok(Arc::new(Self {
             policies: PolicyHandle::new(policy),
@@ -92,6 +100,7 @@ impl State {
             admin_log,
             throttle,
             limits,
+            idempotency,
         }))
     }
 
@@ -114,10 +123,13 @@ impl State {
     }
 
     /// One round of housekeeping: sheds idle throttle entries, full buckets and idle quota
-    /// counters, and once a day deletes past days' quota rows. Blocking.
+    /// counters, sweeps a batch of expired idempotency records when due, and once a day
+    /// deletes past days' quota rows. Blocking.
     fn housekeeping(&self) {
         self.throttle.shed_idle();
         self.limits.shed_idle();
+        self.idempotency
+            .sweep_if_due(&self.policies.current().config.idempotency);
         if self.limits.prune_due() {
             if let Err(error) = self.limits.prune_quotas() {
                 tracing::warn!(%error, "cannot prune past days' quota counters");

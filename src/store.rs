@@ -241,6 +241,15 @@ impl fmt::Debug for Tree {
 /// One stored entry as owned bytes.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
+/// What [`Tree::compare_and_swap`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Swap {
+    /// The expected value was there and has been replaced.
+    Done,
+    /// Another value was there (carried here; `None`: no value); nothing was written.
+    Conflict(Option<Vec<u8>>),
+}
+
 impl Tree {
     /// The tree's name.
     pub fn name(&self) -> &'static str {
@@ -286,6 +295,34 @@ impl Tree {
         self.inner
             .scan_prefix(prefix)
             .map(move |item| owned_entry(name, item))
+    }
+
+    /// The entries whose keys are at or after `start`, in key order; a resumable scan for
+    /// sweeps that work in bounded batches.
+    pub fn iter_from(
+        &self,
+        start: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<Entry, StoreError>> + use<> {
+        let name = self.name;
+        self.inner
+            .range(start..)
+            .map(move |item| owned_entry(name, item))
+    }
+
+    /// Atomically replaces the value under `key` with `new` (`None` removes it), but only if
+    /// the stored value is still `expected` (`None`: no value). Two writers racing on one key
+    /// cannot both succeed, which a get-then-insert cannot promise.
+    pub fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<Swap, StoreError> {
+        match self.inner.compare_and_swap(key, expected, new) {
+            Ok(Ok(())) => Ok(Swap::Done),
+            Ok(Err(conflict)) => Ok(Swap::Conflict(conflict.current.map(|v| v.to_vec()))),
+            Err(source) => Err(engine_error(self.name, "compare_and_swap")(source)),
+        }
     }
 
     /// The entry with the greatest key (the newest, for big-endian sequence keys).
@@ -487,6 +524,49 @@ mod tests {
         let err = Store::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
         assert!(err.to_string().contains("admin socket"));
+    }
+
+    #[test]
+    fn compare_and_swap_writes_only_over_the_expected_value() {
+        let (_dir, store) = open();
+        let tree = store.tree("cas").unwrap();
+        assert_eq!(
+            tree.compare_and_swap(b"k", None, Some(b"1")).unwrap(),
+            Swap::Done
+        );
+        assert_eq!(
+            tree.compare_and_swap(b"k", None, Some(b"2")).unwrap(),
+            Swap::Conflict(Some(b"1".to_vec()))
+        );
+        assert_eq!(
+            tree.compare_and_swap(b"k", Some(b"1"), Some(b"2")).unwrap(),
+            Swap::Done
+        );
+        assert_eq!(
+            tree.compare_and_swap(b"k", Some(b"1"), None).unwrap(),
+            Swap::Conflict(Some(b"2".to_vec()))
+        );
+        assert_eq!(
+            tree.compare_and_swap(b"k", Some(b"2"), None).unwrap(),
+            Swap::Done
+        );
+        assert_eq!(
+            tree.compare_and_swap(b"k", Some(b"2"), None).unwrap(),
+            Swap::Conflict(None)
+        );
+    }
+
+    #[test]
+    fn iter_from_starts_at_the_given_key() {
+        let (_dir, store) = open();
+        let tree = store.tree("range").unwrap();
+        for key in [b"a", b"b", b"c"] {
+            tree.insert(key, b"").unwrap();
+        }
+        let keys: Vec<Vec<u8>> = tree.iter_from(b"b").map(|e| e.unwrap().0).collect();
+        assert_eq!(keys, vec![b"b".to_vec(), b"c".to_vec()]);
+        let keys: Vec<Vec<u8>> = tree.iter_from(b"bb").map(|e| e.unwrap().0).collect();
+        assert_eq!(keys, vec![b"c".to_vec()]);
     }
 
     #[test]

@@ -35,6 +35,7 @@ async fn declared_body_over_the_limit_is_refused_before_forwarding() {
 
     let request = sidecar
         .req(Method::POST, "/v1/echo/x")
+        .header("idempotency-key", "at-the-limit")
         .body(full_body(vec![b'a'; 1024]))
         .unwrap();
     let (parts, _) = send(&h1_client(sidecar.ca()), request).await;
@@ -60,6 +61,7 @@ async fn streamed_body_over_the_limit_is_cut_off_with_413() {
         });
         let request = sidecar
             .req(Method::POST, "/v1/echo/x")
+            .header("idempotency-key", "streamed-over-the-limit")
             .body(upload)
             .unwrap();
         let (parts, body) = send(&client, request).await;

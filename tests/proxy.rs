@@ -19,6 +19,7 @@ async fn forwards_everything_both_ways(h2: bool) {
     };
     let request = sidecar
         .req(Method::PUT, "/v1/echo/a/b?x=1&y=%20z")
+        .header("idempotency-key", "forwards-everything")
         .header("content-type", "application/json")
         .header("x-custom", "kept")
         .body(full_body(Bytes::from_static(b"{\"hello\":1}")))
@@ -42,6 +43,7 @@ async fn forwards_everything_both_ways(h2: bool) {
     assert_eq!(seen.uri, "/v1/echo/a/b?x=1&y=%20z");
     assert_eq!(&seen.body[..], b"{\"hello\":1}");
     assert_eq!(seen.headers["x-custom"], "kept");
+    assert_eq!(seen.headers["idempotency-key"], "forwards-everything");
     assert_eq!(seen.headers["content-type"], "application/json");
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
@@ -217,8 +219,15 @@ async fn large_bodies_stream_both_ways() {
             .unwrap()
     }))
     .await;
+    // Uploads on a route that opts out of idempotency keys stream instead of being held.
+    let routes = DEFAULT_ROUTES.replace(
+        "name = \"echo.post\"\nmethod = \"POST\"\npath = \"/v1/echo/{*rest}\"\nany_key = true\n",
+        "name = \"echo.post\"\nmethod = \"POST\"\npath = \"/v1/echo/{*rest}\"\nany_key = true\nidempotency = false\n",
+    );
+    assert_ne!(routes, DEFAULT_ROUTES, "the POST route was found");
     let settings = Settings {
         server: "max_body_bytes = 33554432".to_owned(),
+        routes,
         ..Settings::default()
     };
     let sidecar = Sidecar::start(&backend.url(), settings).await;

@@ -246,6 +246,10 @@ async fn call(
     if let Some(value) = authorization {
         request = request.header("authorization", value);
     }
+    // Every call is a new write, so each carries its own Idempotency-Key.
+    static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let key = NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    request = request.header("idempotency-key", format!("ratelimit-call-{key}"));
     let body = if method == Method::POST {
         full_body(bytes::Bytes::from_static(b"{}"))
     } else {

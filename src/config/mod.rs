@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use http::{Method, Uri};
 
+use crate::gate::idempotency::Durability;
 use crate::gate::ratelimit::{HeaderStyle, Rate};
 use crate::gate::route::PathTemplate;
 
@@ -37,6 +38,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Request limits, daily quotas and how they are reported.
     pub ratelimit: RateLimitConfig,
+    /// Which writes need an `Idempotency-Key`, and how their answers are kept.
+    pub idempotency: IdempotencyConfig,
     /// The routes partners may call, in file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -204,6 +207,37 @@ pub struct RouteConfig {
     pub scope: ScopeRequirement,
     /// The route class whose limit and quota also apply, if any.
     pub limit: Option<Arc<LimitClass>>,
+    /// Whether the route requires an `Idempotency-Key`; `None` follows
+    /// [`IdempotencyConfig::methods`].
+    pub idempotency: Option<bool>,
+}
+
+/// `[idempotency]`.
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    /// Methods whose routes require an `Idempotency-Key` unless a route says otherwise.
+    pub methods: Vec<Method>,
+    /// How long a key's record counts after its first request; afterwards the key is new.
+    pub retention: Duration,
+    /// How long a forwarded request may hold its key: the exchange must end within it, and a
+    /// crash mid-request makes retries wait this long. Longer than
+    /// `upstream.response_timeout` (twice it by default).
+    pub lease: Duration,
+    /// Largest request body on those routes; it is read whole to fingerprint it. Never more
+    /// than `server.max_body_bytes`.
+    pub max_body_bytes: u64,
+    /// Largest answer kept for replay; larger answers are forwarded but not replayable.
+    pub max_response_bytes: u64,
+    /// File holding the secret that seals cached answers (created 0600 if missing).
+    pub key_file: PathBuf,
+    /// Whether records are flushed to disk before forwarding and before answering.
+    pub durability: Durability,
+    /// Keep 5xx answers and failed exchanges too (a retry then gets the failure again).
+    pub store_failures: bool,
+    /// How often expired records are swept.
+    pub sweep_interval: Duration,
+    /// Most records one sweep pass looks at.
+    pub sweep_batch: usize,
 }
 
 /// What a key must hold to use a route: deny by default, so "no scope" is spelled out.

@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub ratelimit: RawRateLimit,
+    #[serde(default)]
+    pub idempotency: RawIdempotency,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -89,6 +91,7 @@ pub struct RawRoute {
     pub scope: Opt<String>,
     pub any_key: Opt<bool>,
     pub limit: Opt<String>,
+    pub idempotency: Opt<bool>,
 }
 
 /// `[auth]`: how partners present keys and what happens around verification.
@@ -132,4 +135,20 @@ pub struct RawLimitClass {
     pub requests_per_minute: Opt<i64>,
     pub burst: Opt<i64>,
     pub daily_quota: Opt<i64>,
+}
+
+/// `[idempotency]`: which writes need an `Idempotency-Key`, and how their answers are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdempotency {
+    pub methods: Opt<Vec<String>>,
+    pub retention: Opt<String>,
+    pub lease: Opt<String>,
+    pub max_body_bytes: Opt<i64>,
+    pub max_response_bytes: Opt<i64>,
+    pub key_file: Opt<String>,
+    pub durability: Opt<String>,
+    pub store_failures: Opt<bool>,
+    pub sweep_interval: Opt<String>,
+    pub sweep_batch: Opt<i64>,
 }

@@ -1,5 +1,7 @@
 //! From the file as written ([`super::raw`]) to a checked [`Config`], collecting every mistake.
 
+mod idempotency;
+
 use std::collections::BTreeMap;
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
@@ -60,6 +62,7 @@ pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, C
     let auth = v.auth(raw.auth, &storage);
     let admin = v.admin(raw.admin, &storage);
     let ratelimit = v.ratelimit(raw.ratelimit);
+    let idempotency = v.idempotency(raw.idempotency, &storage, upstream.as_ref());
     let routes = v.routes(raw.routes, &ratelimit.classes);
     if !v.issues.is_empty() {
         let mut issues = v.issues;
@@ -74,6 +77,7 @@ pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, C
             auth,
             admin,
             ratelimit,
+            idempotency,
             routes,
         }),
         // Every `None` above is accompanied by an issue, so this arm is only a safety net.
@@ -798,6 +802,7 @@ impl Validator<'_> {
             path: path?,
             scope: scope?,
             limit: limit?,
+            idempotency: raw.idempotency.as_ref().map(|value| *value.get_ref()),
         })
     }
 }

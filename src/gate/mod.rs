@@ -6,6 +6,7 @@
 pub mod authn;
 pub mod client_ip;
 pub mod gating;
+pub mod idempotency;
 pub mod limits;
 pub mod quota;
 pub mod ratelimit;

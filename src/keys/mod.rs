@@ -11,6 +11,9 @@
 //!   success, and [`KeyRegistry::looks_like_key`] / [`KeyRegistry::contains_key`] on URLs;
 //! - the admin socket calls `mint`, `rotate`, `revoke`, `update`, `get` and `list`, records
 //!   each change in [`crate::admin_log`], and renders records without their hashes.
+//!
+//! [`secret_file`] is the one way a server secret file (the pepper, the idempotency sealing
+//! key) is created and read.
 
 pub mod error;
 pub mod format;
@@ -19,6 +22,7 @@ pub mod pepper;
 pub mod record;
 pub mod registry;
 pub mod secret;
+pub mod secret_file;
 pub mod verify;
 
 #[cfg(test)]

@@ -6,16 +6,13 @@
 //! refused if anyone but its owner can read it.
 
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::hex;
-use super::secret::{fill_random, wipe, RandomError};
+use super::secret::wipe;
+use super::secret_file::{self, SecretFileError, SecretKind};
 
 /// Bytes in a pepper.
 pub const PEPPER_LEN: usize = 32;
@@ -23,63 +20,16 @@ pub const PEPPER_LEN: usize = 32;
 /// Bytes in SHA-256's block; HMAC keys shorter than this are zero-padded to it.
 const SHA256_BLOCK_LEN: usize = 64;
 
-/// Why the pepper file could not be used.
+/// How the pepper file is named in messages.
+static PEPPER_FILE: SecretKind = SecretKind {
+    name: "pepper",
+    if_replaced: "a new pepper invalidates every existing key",
+};
+
+/// Why the pepper file could not be used: the shared secret-file error, naming the pepper.
 ///
 /// Messages name the file and the fix; they never include its contents.
-#[derive(Debug, thiserror::Error)]
-pub enum PepperError {
-    /// The file exists but could not be read.
-    #[error("cannot read pepper file {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// A new pepper file could not be written.
-    #[error("cannot create pepper file {}: {source}", path.display())]
-    Create {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// The path exists but is not a regular file.
-    #[error("pepper path {} is not a regular file", path.display())]
-    NotAFile {
-        /// The path.
-        path: PathBuf,
-    },
-    /// The file does not hold exactly [`PEPPER_LEN`] bytes (truncated, or not a pepper).
-    #[error(
-        "pepper file {} must hold exactly {PEPPER_LEN} bytes but holds {found}; restore it from \
-         backup (a new pepper invalidates every existing key)",
-        path.display()
-    )]
-    WrongSize {
-        /// The file.
-        path: PathBuf,
-        /// Its size in bytes.
-        found: u64,
-    },
-    /// Group or others have some access to the file.
-    #[error(
-        "pepper file {path} is accessible by group or others (mode {mode:03o}); run `chmod 600 {path}`",
-        path = path.display(),
-        mode = mode & 0o777
-    )]
-    Permissions {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// No randomness for a new pepper.
-    #[error("cannot generate a pepper: {0}")]
-    Random(#[from] RandomError),
-}
+pub type PepperError = SecretFileError;
 
 /// The 32-byte server secret that keys stored hashes.
 ///
@@ -97,126 +47,16 @@ impl Pepper {
     /// into place without replacing anything, so a crash never leaves a partial pepper and two
     /// processes racing to create it end up using the same one.
     pub fn load_or_create(path: &Path) -> Result<Self, PepperError> {
-        match fs::metadata(path) {
-            Ok(_) => Self::load(path),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Self::create(path),
-            Err(source) => Err(PepperError::Read {
-                path: path.to_owned(),
-                source,
-            }),
-        }
+        let secret = secret_file::load_or_create::<PEPPER_LEN>(path, &PEPPER_FILE)?;
+        Ok(Self {
+            bytes: *secret.expose(),
+        })
     }
 
     /// A pepper from known bytes, for tests and benchmarks. Deployments use
     /// [`Pepper::load_or_create`].
     pub fn from_bytes(bytes: [u8; PEPPER_LEN]) -> Self {
         Self { bytes }
-    }
-
-    fn load(path: &Path) -> Result<Self, PepperError> {
-        let read_error = |source| PepperError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let meta = fs::metadata(path).map_err(read_error)?;
-        if !meta.is_file() {
-            return Err(PepperError::NotAFile {
-                path: path.to_owned(),
-            });
-        }
-        let mut file = File::open(path).map_err(read_error)?;
-        // Check the opened file itself, so a swap between the checks and the read is caught.
-        let meta = file.metadata().map_err(read_error)?;
-        let mode = meta.permissions().mode();
-        if !meta.is_file() {
-            return Err(PepperError::NotAFile {
-                path: path.to_owned(),
-            });
-        }
-        if mode & 0o077 != 0 {
-            return Err(PepperError::Permissions {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        if meta.len() != PEPPER_LEN as u64 {
-            return Err(PepperError::WrongSize {
-                path: path.to_owned(),
-                found: meta.len(),
-            });
-        }
-        // Read one byte more than expected to notice a file that grew after the size check.
-        let mut buf = [0u8; PEPPER_LEN + 1];
-        let mut filled = 0;
-        let outcome = loop {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    filled += n;
-                    if filled == buf.len() {
-                        break Ok(());
-                    }
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => break Err(err),
-            }
-        };
-        let result = match outcome {
-            Err(source) => Err(read_error(source)),
-            Ok(()) if filled != PEPPER_LEN => Err(PepperError::WrongSize {
-                path: path.to_owned(),
-                found: filled as u64,
-            }),
-            Ok(()) => {
-                let mut bytes = [0u8; PEPPER_LEN];
-                bytes.copy_from_slice(&buf[..PEPPER_LEN]);
-                Ok(Self { bytes })
-            }
-        };
-        wipe(&mut buf);
-        result
-    }
-
-    fn create(path: &Path) -> Result<Self, PepperError> {
-        let create_error = |source| PepperError::Create {
-            path: path.to_owned(),
-            source,
-        };
-        let dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(create_error)?;
-
-        let mut bytes = [0u8; PEPPER_LEN];
-        fill_random(&mut bytes)?;
-        let pepper = Self { bytes };
-
-        let mut suffix = [0u8; 4];
-        fill_random(&mut suffix)?;
-        let file_name = path
-            .file_name()
-            .map_or_else(|| "pepper".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = dir.join(format!(".{file_name}.{}.tmp", hex::encode(&suffix)));
-
-        let written = write_new_file(&tmp, &pepper.bytes);
-        let linked = written.and_then(|()| fs::hard_link(&tmp, path));
-        // The temporary name is removed whatever happened; the pepper stays reachable only
-        // through `path` (if the link succeeded).
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {
-                sync_dir(&dir).map_err(create_error)?;
-                Ok(pepper)
-            }
-            // Another process created it first: use theirs, so both agree.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Self::load(path),
-            Err(source) => Err(create_error(source)),
-        }
     }
 
     /// The keyed hasher for secrets. HMAC zero-pads keys shorter than the hash block
@@ -267,23 +107,12 @@ impl fmt::Debug for KeyHasher {
     }
 }
 
-fn write_new_file(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
-/// Makes a new directory entry durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::super::hex;
     use super::*;
 
     fn mode_of(path: &Path) -> u32 {
