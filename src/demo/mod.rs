@@ -188,7 +188,7 @@ impl Demo {
              \n  {curl} '{base}/v1/clinical-notes?note_local_id=local_note_demo_123'\
              \n  {curl} '{base}/v1/patients/external-link?external_system=demo_ehr&external_patient_id=ehr_demo_456'\
              \n  {curl} {base}/v1/auth/whoami\
-             \n  {curl} -X POST {base}/v1/patients/link -H 'Content-Type: application/json' \\\
+             \n  {curl} -X POST {base}/v1/patients/link -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-link-001' \\\
              \n       -d '{{\"external_system\":\"demo_ehr\",\"external_patient_id\":\"ehr_demo_789\",\"patient_local_id\":\"local_pat_demo_124\"}}'   # 403 perm.denied\
              \n  curl --cacert {ca} '{base}/v1/clinical-notes'        # 401 auth.missing\
              \n  portcullis keys list --admin-socket {socket}\n\
