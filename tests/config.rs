@@ -339,7 +339,14 @@ fn overrides_replace_keys_before_validation() {
 #[test]
 fn shipped_example_policies_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for name in ["config/portcullis.toml", "config/demo.toml"] {
+    for name in [
+        "config/portcullis.toml",
+        "config/demo.toml",
+        "config/examples/voti.toml",
+        "config/examples/klinivo.toml",
+        "config/examples/velora.toml",
+        "config/examples/voka.toml",
+    ] {
         let text = std::fs::read_to_string(root.join(name)).unwrap();
         let dir = dir();
         // The shipped files point at deployment paths; validate them with readable stand-ins.
@@ -353,6 +360,11 @@ fn shipped_example_policies_are_valid() {
                 toml::Value::from(dir.path().join("key.pem").display().to_string()),
             ),
         ];
+        let mut overrides = overrides.to_vec();
+        if text.contains("\nca_file") {
+            let stand_in = dir.path().join("cert.pem").display().to_string();
+            overrides.push(("upstream.ca_file", toml::Value::from(stand_in)));
+        }
         let source = SourceText::new(name, text);
         if let Err(error) = Config::parse_with_overrides(&source, dir.path(), &overrides) {
             panic!("{name} is invalid:\n{error}");
