@@ -4,13 +4,14 @@
 //! Entries are numbered by a sequence that only grows, also across restarts, and are stored
 //! under the big-endian sequence number so the tree's order is the log's order. Each entry
 //! names its target by id only (a key id or an org id, never key text: the target must have
-//! the shape of an id, which no secret has). The audit feature turns these entries into audit
-//! records with the same fields.
+//! the shape of an id, which no secret has). Every entry is also recorded in the audit trail
+//! (as a record with `action`, `actor` and `target`) when the log is linked to it.
 
 use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditError, AuditLink};
 use crate::orgs::{is_display_text, is_org_id, MAX_ACTOR_CHARS};
 use crate::store::{Store, StoreError, Tree};
 
@@ -68,6 +69,9 @@ pub enum AdminLogError {
     /// Persistent state could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The entry is stored, but its audit record could not be queued (the writer stopped).
+    #[error("the admin action is logged but not in the audit trail: {0}")]
+    Audit(#[from] AuditError),
 }
 
 /// The append-only log of admin actions.
@@ -77,6 +81,7 @@ pub struct AdminLog {
     store: Store,
     tree: Tree,
     next_seq: Mutex<u64>,
+    audit: Option<AuditLink>,
 }
 
 impl std::fmt::Debug for AdminLog {
@@ -97,10 +102,18 @@ impl AdminLog {
             store: store.clone(),
             tree,
             next_seq: Mutex::new(next_seq),
+            audit: None,
         })
     }
 
-    /// Records an action and flushes it to disk before returning it.
+    /// Records every later entry in the audit trail too (`None`: the trail is disabled).
+    pub fn with_audit(mut self, audit: Option<AuditLink>) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Records an action and flushes it to disk before returning it, and queues its audit
+    /// record (the audit writer makes that durable within one commit interval).
     pub fn append(
         &self,
         action: AdminActionKind,
@@ -129,6 +142,9 @@ impl AdminLog {
         // The entry is written: its number is used even if the flush below fails.
         *next_seq = entry.seq.saturating_add(1);
         self.store.flush()?;
+        if let Some(audit) = &self.audit {
+            audit.admin(action, actor, target, org)?;
+        }
         Ok(entry)
     }
 

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod admin_log;
+pub mod audit;
 pub mod body;
 pub mod builtin;
 pub mod config;

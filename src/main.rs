@@ -11,6 +11,7 @@ use portcullis::admin::cli::{
     self as admin_cli, AdminArgs, AdminCommand, KeysCommand, OrgsCommand,
 };
 use portcullis::admin::AdminServer;
+use portcullis::audit::cli::{self as audit_cli, AuditCommand};
 use portcullis::config::Config;
 use portcullis::policy::Policy;
 use portcullis::server::{tls, Server};
@@ -76,6 +77,11 @@ enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
         limit: u16,
     },
+    /// Verify the audit trail's hash chain, or export one organization's records.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
         }),
         Command::Keys { admin, command } => run_admin(&admin, AdminCommand::Keys(command)),
         Command::Orgs { admin, command } => run_admin(&admin, AdminCommand::Orgs(command)),
+        Command::Audit { command } => audit_cli::run(command),
         Command::AdminLog { admin, limit } => run_admin(
             &admin,
             AdminCommand::AdminLog {
@@ -191,6 +198,9 @@ async fn serve(config_path: PathBuf) -> Result<(), String> {
     tracing::info!(listen = %server.local_addr(), keys = state.keys.len(), "portcullis listening");
     server.serve(shutdown_signal()).await;
     admin.stop().await;
+    if let Err(error) = state.audit.flush().await {
+        tracing::error!(%error, "cannot write the last audit records");
+    }
     tracing::info!("portcullis stopped");
     Ok(())
 }

@@ -78,6 +78,11 @@ pub enum ProblemCode {
     UpstreamUnavailable,
     /// The backend did not answer in time.
     UpstreamTimeout,
+    /// The audit trail cannot take the request's record (its queue stayed full, e.g. the
+    /// disk is full), so the request is refused rather than served unrecorded.
+    AuditUnavailable,
+    /// A query parameter of a built-in endpoint is malformed or unknown.
+    InvalidQuery,
 }
 
 impl ProblemCode {
@@ -108,6 +113,8 @@ impl ProblemCode {
             Self::AuthThrottled => "auth.throttled",
             Self::UpstreamUnavailable => "upstream.unavailable",
             Self::UpstreamTimeout => "upstream.timeout",
+            Self::AuditUnavailable => "audit.unavailable",
+            Self::InvalidQuery => "request.invalid_query",
         }
     }
 
@@ -118,14 +125,17 @@ impl ProblemCode {
             | Self::PlainHttp
             | Self::InvalidPath
             | Self::IdempotencyMissing
-            | Self::BodyIncomplete => StatusCode::BAD_REQUEST,
+            | Self::BodyIncomplete
+            | Self::InvalidQuery => StatusCode::BAD_REQUEST,
             Self::AuthMissing | Self::AuthInvalid | Self::AuthRevoked | Self::AuthExpired => {
                 StatusCode::UNAUTHORIZED
             }
             Self::PermDenied | Self::EnvGated | Self::IpDenied => StatusCode::FORBIDDEN,
             Self::RouteUnknown => StatusCode::NOT_FOUND,
             Self::IdempotencyInProgress | Self::IdempotencyNotReplayable => StatusCode::CONFLICT,
-            Self::IdempotencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::IdempotencyUnavailable | Self::AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -164,6 +174,8 @@ impl ProblemCode {
             Self::AuthThrottled => "Too many failed authentication attempts",
             Self::UpstreamUnavailable => "Backend unavailable",
             Self::UpstreamTimeout => "Backend timed out",
+            Self::AuditUnavailable => "Audit trail unavailable",
+            Self::InvalidQuery => "Invalid query parameter",
         }
     }
 }

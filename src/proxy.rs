@@ -6,7 +6,9 @@
 //! idempotency key (replaying a cached answer, or recording the answer of the forward), forward.
 //! Every answer, from a gate or from the backend, leaves with an `X-Request-Id`, every answer
 //! to an authenticated key with its rate-limit headers, and every refusal is rendered as one
-//! RFC 9457 problem document in one place.
+//! RFC 9457 problem document in one place. Every request reserves its audit record before the
+//! first gate runs and hands it over with the answer (see [`crate::audit`]); with no room in
+//! the audit trail the request is refused with `503 audit.unavailable` before anything else.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::audit::{self, RequestAudit, RouteName};
 use crate::body::{LimitTrip, LimitedBody, ProxyBody};
 use crate::builtin;
 use crate::forward::headers::Identity;
@@ -47,15 +50,41 @@ pub async fn handle(
     let policy = state.policies.current();
     let request_id = RequestId::from_headers(request.headers());
     let method = request.method().clone();
+    let admitted = state
+        .audit
+        .admit(
+            &request_id,
+            &method,
+            conn.peer.ip(),
+            &policy.config.audit,
+            started,
+        )
+        .await;
+    let record = match admitted {
+        Ok(record) => record,
+        Err(problem) => {
+            tracing::debug!(request_id = %request_id, "request refused: no room in the audit trail");
+            let mut response = problem.into_response(request_id.as_str());
+            response
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, request_id.header_value());
+            return Ok(response);
+        }
+    };
 
-    let mut trace = Trace::default();
+    let mut trace = Trace {
+        audit: record,
+        ..Trace::default()
+    };
     let outcome = process(request, &conn, &state, &policy, &request_id, &mut trace).await;
+    let mut refused = None;
     let mut response = match outcome {
         Ok(response) => response,
         Err(problem) => {
+            refused = Some(problem.code());
             tracing::info!(
                 request_id = %request_id,
-                method = %method,
+                method = %trace.audit.method(),
                 route = trace.route.unwrap_or("-"),
                 key_id = trace.key_id.as_deref().unwrap_or("-"),
                 code = problem.code().as_str(),
@@ -70,9 +99,10 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(REQUEST_ID_HEADER, request_id.header_value());
+    trace.audit.finish(response.status(), refused);
     tracing::debug!(
         request_id = %request_id,
-        method = %method,
+        method = %trace.audit.method(),
         route = trace.route.unwrap_or("-"),
         key_id = trace.key_id.as_deref().unwrap_or("-"),
         status = response.status().as_u16(),
@@ -82,13 +112,14 @@ pub async fn handle(
     Ok(response)
 }
 
-/// What the pipeline learned: policy names and public ids for logging, and the rate-limit
-/// status every answer to an authenticated key reports.
+/// What the pipeline learned: policy names and public ids for logging, the rate-limit
+/// status every answer to an authenticated key reports, and the request's audit record.
 #[derive(Default)]
 struct Trace<'p> {
     route: Option<&'p str>,
     key_id: Option<String>,
     limit: Option<RateStatus>,
+    audit: RequestAudit,
 }
 
 /// The gates in order.
@@ -104,6 +135,7 @@ async fn process<'p>(
     limits::check_headers(request.headers(), &config.server)?;
     let path = request.uri().path();
     if is_builtin(request.method(), path, config.auth.health_path.as_deref()) {
+        trace.audit.builtin_route(RouteName::HEALTH);
         return Ok(builtin::health());
     }
 
@@ -112,8 +144,20 @@ async fn process<'p>(
         request.headers(),
         &config.server.trusted_proxies,
     );
+    trace.audit.client_ip(client_ip);
     authn::refuse_key_in_url(request.uri(), state, &config.auth, client_ip)?;
-    let caller = authn::authenticate(request.headers(), state, &config.auth, client_ip)?;
+    let mut verified = None;
+    let authenticated = authn::authenticate_noting(
+        request.headers(),
+        state,
+        &config.auth,
+        client_ip,
+        &mut verified,
+    );
+    if let Some(key) = &verified {
+        trace.audit.caller(key);
+    }
+    let caller = authenticated?;
     trace.key_id = Some(caller.key.id.to_string());
     state
         .limits
@@ -121,7 +165,13 @@ async fn process<'p>(
         .record(&mut trace.limit)?;
     gating::check(&caller)?;
     if is_builtin(request.method(), path, config.auth.whoami_path.as_deref()) {
+        trace.audit.builtin_route(RouteName::WHOAMI);
         return Ok(builtin::whoami(&caller, policy));
+    }
+    if let Some(endpoint) = audit::api::endpoint(request.method(), path, &config.audit) {
+        trace.audit.builtin_route(RouteName::AUDIT_EVENTS);
+        let query = request.uri().query();
+        return audit::api::answer(endpoint, query, &caller, &state.audit, &config.audit).await;
     }
 
     let route = match policy.route(request.method(), path) {
@@ -135,6 +185,7 @@ async fn process<'p>(
         }
     };
     trace.route = Some(route.name.as_str());
+    trace.audit.policy_route(&route.name);
     scope::check(route, &caller.key)?;
     limits::check_declared_length(request.headers(), config.server.max_body_bytes)?;
     state
@@ -151,7 +202,10 @@ async fn process<'p>(
         .await?
     {
         Admission::Forward { request, lease } => (request, lease),
-        Admission::Replay(response) => return Ok(response),
+        Admission::Replay(response) => {
+            trace.audit.replayed();
+            return Ok(response);
+        }
     };
     let key_id = caller.key.id.to_string();
     let scopes = caller

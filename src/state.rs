@@ -2,13 +2,14 @@
 //!
 //! The policy is swapped on reload; everything here outlives policies: the store, the key and
 //! organization registries, the admin action log, the failed-authentication throttle, the
-//! request limits and quotas (so a reload never refills anyone's buckets) and the idempotency
-//! cache.
+//! request limits and quotas (so a reload never refills anyone's buckets), the idempotency
+//! cache and the audit trail's writer.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::admin_log::AdminLog;
+use crate::audit::{Audit, AuditError};
 use crate::gate::idempotency::{Idempotency, IdempotencyError};
 use crate::gate::ratelimit::{LimitClock, RateLimits};
 use crate::gate::throttle::AuthThrottle;
@@ -40,6 +41,9 @@ pub enum StateError {
     /// The idempotency key file or record tree could not be opened.
     #[error(transparent)]
     Idempotency(#[from] IdempotencyError),
+    /// The audit directory, its HMAC key or its index could not be opened or repaired.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 /// Everything a request or an admin command may consult besides the policy.
@@ -60,6 +64,9 @@ pub struct State {
     pub limits: RateLimits,
     /// Cached answers of writes sent with an `Idempotency-Key`.
     pub idempotency: Idempotency,
+    /// The audit trail: every request and admin action. Declared last so that dropping the
+    /// state writes and syncs every queued record after everything else is gone.
+    pub audit: Audit,
 }
 
 impl std::fmt::Debug for State {
@@ -82,7 +89,8 @@ impl State {
         let pepper = Pepper::load_or_create(&config.auth.pepper_file)?;
         let keys = KeyRegistry::load(&store, pepper, &config.auth.namespace)?;
         let orgs = OrgRegistry::load(&store)?;
-        let admin_log = AdminLog::open(&store)?;
+        let audit = Audit::open(&store, &config.audit)?;
+        let admin_log = AdminLog::open(&store)?.with_audit(audit.link());
         let auth = &config.auth;
         let throttle = AuthThrottle::new(
             auth.max_failures_per_ip,
@@ -101,6 +109,7 @@ impl State {
             throttle,
             limits,
             idempotency,
+            audit,
         }))
     }
 

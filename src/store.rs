@@ -309,6 +309,36 @@ impl Tree {
             .map(move |item| owned_entry(name, item))
     }
 
+    /// The entries whose keys are at or after `start` and before `end`, in key order
+    /// (reversible, for newest-first pages that resume below a cursor). Empty when
+    /// `end <= start`.
+    pub fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<Entry, StoreError>> + use<> {
+        let name = self.name;
+        let end = end.max(start).to_vec();
+        self.inner
+            .range(start.to_vec()..end)
+            .map(move |item| owned_entry(name, item))
+    }
+
+    /// Stores every pair in one atomic batch: after a crash either all of them are in the
+    /// tree or none, and many small writes cost one engine call.
+    pub fn insert_batch<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in pairs {
+            batch.insert(key, value);
+        }
+        self.inner
+            .apply_batch(batch)
+            .map_err(engine_error(self.name, "apply_batch"))
+    }
+
     /// Atomically replaces the value under `key` with `new` (`None` removes it), but only if
     /// the stored value is still `expected` (`None`: no value). Two writers racing on one key
     /// cannot both succeed, which a get-then-insert cannot promise.

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use http::{Method, Uri};
 
+use crate::audit::{ClientIpMode, WhenFull};
 use crate::gate::idempotency::Durability;
 use crate::gate::ratelimit::{HeaderStyle, Rate};
 use crate::gate::route::PathTemplate;
@@ -40,6 +41,8 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     /// Which writes need an `Idempotency-Key`, and how their answers are kept.
     pub idempotency: IdempotencyConfig,
+    /// The audit trail and its query endpoint.
+    pub audit: AuditConfig,
     /// The routes partners may call, in file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -238,6 +241,35 @@ pub struct IdempotencyConfig {
     pub sweep_interval: Duration,
     /// Most records one sweep pass looks at.
     pub sweep_batch: usize,
+}
+
+/// `[audit]`. Everything but the query endpoint and `client_ip` takes effect at start.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Whether records are written at all (off only for measurements).
+    pub enabled: bool,
+    /// Directory of the audit files.
+    pub dir: PathBuf,
+    /// How much of the client address records keep.
+    pub client_ip: ClientIpMode,
+    /// Records collected before one write and `fdatasync`.
+    pub commit_interval: Duration,
+    /// Records that may wait for the writer (in-flight requests hold one slot each).
+    pub queue_capacity: usize,
+    /// What a request does when the queue is full.
+    pub when_full: WhenFull,
+    /// How long a request waits for room with `when_full = "block"` before `503`.
+    pub block_timeout: Duration,
+    /// A file is not grown past this size.
+    pub rotate_bytes: u64,
+    /// Start a new file each UTC day.
+    pub rotate_daily: bool,
+    /// File holding the HMAC key that keys the chain; plain SHA-256 when `None`.
+    pub hmac_key_file: Option<PathBuf>,
+    /// Path of the built-in query endpoint, if enabled.
+    pub query_path: Option<String>,
+    /// Scope a key needs for the query endpoint.
+    pub query_scope: String,
 }
 
 /// What a key must hold to use a route: deny by default, so "no scope" is spelled out.

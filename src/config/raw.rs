@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub ratelimit: RawRateLimit,
     #[serde(default)]
     pub idempotency: RawIdempotency,
+    #[serde(default)]
+    pub audit: RawAudit,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -151,4 +153,22 @@ pub struct RawIdempotency {
     pub store_failures: Opt<bool>,
     pub sweep_interval: Opt<String>,
     pub sweep_batch: Opt<i64>,
+}
+
+/// `[audit]`: the PHI-free, hash-chained audit trail and its query endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub enabled: Opt<bool>,
+    pub dir: Opt<String>,
+    pub client_ip: Opt<String>,
+    pub commit_interval: Opt<String>,
+    pub queue_capacity: Opt<i64>,
+    pub when_full: Opt<String>,
+    pub block_timeout: Opt<String>,
+    pub rotate_bytes: Opt<i64>,
+    pub rotate_daily: Opt<bool>,
+    pub hmac_key_file: Opt<String>,
+    pub query_path: Opt<String>,
+    pub query_scope: Opt<String>,
 }

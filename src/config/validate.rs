@@ -1,5 +1,6 @@
 //! From the file as written ([`super::raw`]) to a checked [`Config`], collecting every mistake.
 
+mod audit;
 mod idempotency;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,7 @@ pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, C
     let admin = v.admin(raw.admin, &storage);
     let ratelimit = v.ratelimit(raw.ratelimit);
     let idempotency = v.idempotency(raw.idempotency, &storage, upstream.as_ref());
+    let audit = v.audit(raw.audit, &storage, &auth);
     let routes = v.routes(raw.routes, &ratelimit.classes);
     if !v.issues.is_empty() {
         let mut issues = v.issues;
@@ -78,6 +80,7 @@ pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, C
             admin,
             ratelimit,
             idempotency,
+            audit,
             routes,
         }),
         // Every `None` above is accompanied by an issue, so this arm is only a safety net.

@@ -177,6 +177,20 @@ pub fn authenticate(
     auth: &AuthConfig,
     client_ip: IpAddr,
 ) -> Result<Authenticated, Problem> {
+    authenticate_noting(headers, state, auth, client_ip, &mut None)
+}
+
+/// [`authenticate`], also putting the key in `verified` as soon as its secret has matched,
+/// even when the request is then refused (revoked, expired, outside its allowlist, orphaned),
+/// so the refusal can be recorded in the audit trail of the key's organization. A key whose
+/// secret did not match is never noted: its id is only a claim.
+pub fn authenticate_noting(
+    headers: &HeaderMap,
+    state: &State,
+    auth: &AuthConfig,
+    client_ip: IpAddr,
+    verified: &mut Option<Arc<KeyRecord>>,
+) -> Result<Authenticated, Problem> {
     let presented = match find_credential(headers, &auth.credential_headers) {
         Credential::Missing => {
             return Err(unauthorized(
@@ -204,6 +218,9 @@ pub fn authenticate(
             state
                 .throttle
                 .record_failure(client_ip, claimed_id.as_deref());
+            if failure.error != VerifyError::Invalid {
+                *verified = failure.presented_id.and_then(|id| state.keys.get(id));
+            }
             return Err(match failure.error {
                 VerifyError::Invalid => invalid(),
                 VerifyError::Revoked => {
@@ -215,6 +232,7 @@ pub fn authenticate(
             });
         }
     };
+    *verified = Some(key.clone());
     let Some(org) = state.orgs.get(&key.org) else {
         tracing::error!(key_id = %key.id, "key belongs to an organization that no longer exists");
         state

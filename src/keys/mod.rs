@@ -17,7 +17,7 @@
 
 pub mod error;
 pub mod format;
-mod hex;
+pub(crate) mod hex;
 pub mod pepper;
 pub mod record;
 pub mod registry;

@@ -15,7 +15,9 @@ use super::proxy_protocol;
 use super::sniff::{self, FirstByte};
 use super::tls::ALPN_H2;
 use crate::config::ServerConfig;
+use crate::problem::ProblemCode;
 use crate::proxy::{self, ConnInfo};
+use crate::request_id::RequestId;
 use crate::state::State;
 
 /// hyper's own parser ceilings are set this many times above the policy's limits, so the
@@ -76,7 +78,22 @@ impl Connection {
                     }
                 }
                 FirstByte::PlainHttp => {
-                    sniff::answer_plain_http(tcp, patience).await;
+                    let started = std::time::Instant::now();
+                    let request_id = RequestId::generate();
+                    let method = sniff::read_plain_head(&mut tcp, patience).await;
+                    // Queued before the answer is sent, like every other request's record.
+                    self.state
+                        .audit
+                        .record_refusal(
+                            &request_id,
+                            method.as_ref(),
+                            client.ip(),
+                            &policy.config.audit,
+                            started,
+                            ProblemCode::PlainHttp,
+                        )
+                        .await;
+                    sniff::answer_plain_http(tcp, &request_id, patience).await;
                     None
                 }
                 FirstByte::Unknown => None,

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -45,12 +46,12 @@ pub async fn peek_first_byte(stream: &TcpStream) -> std::io::Result<Option<u8>> 
 /// Largest plaintext request head read before answering; the rest is not looked at.
 const MAX_PLAIN_HEAD: usize = 16 * 1024;
 
-/// Answers a plaintext request with `400 request.plain_http` and closes the connection.
+/// Reads a plaintext request head (bounded in size and time) and returns its method, if it
+/// has one, for the request's audit record.
 ///
-/// The request head is read (bounded in size and time) before answering so that the client's
-/// unread bytes do not turn the close into a reset that would swallow the answer.
-pub async fn answer_plain_http(mut stream: TcpStream, patience: Duration) {
-    let request_id = RequestId::generate();
+/// The head is read before answering so that the client's unread bytes do not turn the close
+/// into a reset that would swallow the answer. Nothing else of it is looked at.
+pub async fn read_plain_head(stream: &mut TcpStream, patience: Duration) -> Option<Method> {
     let mut head = Vec::with_capacity(1024);
     let read_head = async {
         let mut chunk = [0u8; 2048];
@@ -62,7 +63,14 @@ pub async fn answer_plain_http(mut stream: TcpStream, patience: Duration) {
         }
     };
     let _ = tokio::time::timeout(patience, read_head).await;
+    head.split(|byte| *byte == b' ')
+        .next()
+        .and_then(|token| Method::from_bytes(token).ok())
+}
 
+/// Answers a plaintext request with `400 request.plain_http` carrying `request_id`, and
+/// closes the connection.
+pub async fn answer_plain_http(mut stream: TcpStream, request_id: &RequestId, patience: Duration) {
     let problem = Problem::new(ProblemCode::PlainHttp)
         .with_detail("this port speaks HTTPS only; use an https:// URL");
     let body = problem.to_json(request_id.as_str());
