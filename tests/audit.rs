@@ -2064,3 +2064,72 @@ async fn no_canary_reaches_the_audit_files_the_state_store_or_the_debug_log() {
     }
     assert_no_canary("the debug log", log.as_bytes());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+/// Requests answered in `window` by `concurrency` tasks sharing one HTTP/2 connection.
+async fn proxied_throughput(sidecar: &Sidecar, concurrency: usize, window: Duration) -> f64 {
+    let client = h2_client(sidecar.ca());
+    let deadline = Instant::now() + window;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let url = sidecar.url("/v1/echo/figures");
+        let key = sidecar.key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut answered = 0u64;
+            while Instant::now() < deadline {
+                let request = Request::get(&url)
+                    .header("authorization", bearer(&key))
+                    .body(empty_body())
+                    .unwrap();
+                let (parts, _) = send(&client, request).await;
+                assert_eq!(parts.status, StatusCode::OK);
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total as f64 / window.as_secs_f64()
+}
+
+/// Proxied throughput with the audit trail on and off, alternating rounds so that machine
+/// load shifts both alike. `cargo test --release --test audit audit_cost -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for BENCHMARKS.md, not a check"]
+async fn audit_cost_figures() {
+    const ROUNDS: usize = 5;
+    const CONCURRENCY: usize = 32;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let backend = Backend::start(handler(|_| async {
+        Response::builder()
+            .status(StatusCode::OK)
+            .body(full_body("{\"ok\":true}"))
+            .unwrap()
+    }))
+    .await;
+    let limits = "[ratelimit]\nrequests_per_minute = 100000000\nburst = 10000000\n";
+    let on = Sidecar::start(&backend.url(), with_audit("enabled = true", limits)).await;
+    let off = Sidecar::start(&backend.url(), with_audit("enabled = false", limits)).await;
+    proxied_throughput(&on, CONCURRENCY, Duration::from_secs(1)).await;
+    proxied_throughput(&off, CONCURRENCY, Duration::from_secs(1)).await;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        without.push(proxied_throughput(&off, CONCURRENCY, WINDOW).await);
+        with.push(proxied_throughput(&on, CONCURRENCY, WINDOW).await);
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let (with, without) = (median(&mut with), median(&mut without));
+    println!("\n| audit | requests/s (median of {ROUNDS} × {WINDOW:?}) | ratio |\n|---|---|---|");
+    println!("| off | {without:.0} | 1× |");
+    println!("| on | {with:.0} | {:.3}× |", with / without);
+    assert!(on.state.audit.is_enabled() && !off.state.audit.is_enabled());
+}
