@@ -2133,3 +2133,54 @@ async fn audit_cost_figures() {
     println!("| on | {with:.0} | {:.3}× |", with / without);
     assert!(on.state.audit.is_enabled() && !off.state.audit.is_enabled());
 }
+
+// ---------------------------------------------------------------------------------------------
+// An upload that breaks off
+
+#[tokio::test]
+async fn an_upload_that_breaks_off_is_400_body_incomplete_unforwarded_and_recorded() {
+    let (backend, _) = Backend::recording().await;
+    let sidecar = Sidecar::start(&backend.url(), with_audit("", "")).await;
+    let id = uuid();
+    let mut tls = tls_connect(sidecar.addr, sidecar.ca(), &[b"http/1.1"]).await;
+    let head = format!(
+        "POST /v1/echo/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Idempotency-Key: upload-1\r\nX-Request-Id: {id}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"note\":",
+        sidecar.key
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    // Half-close: the body can never be completed, but the answer can still be read.
+    tls.shutdown().await.unwrap();
+    let answer = read_to_close(&mut tls, Duration::from_secs(5)).await;
+
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(
+        header_of(&answer, "content-type").as_deref(),
+        Some("application/problem+json")
+    );
+    assert_eq!(
+        header_of(&answer, "x-request-id").as_deref(),
+        Some(id.as_str())
+    );
+    let document: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or(""))
+        .unwrap_or_else(|_| panic!("a problem document: {answer}"));
+    assert_eq!(document["code"], "request.body_incomplete");
+    assert_eq!(document["status"], 400);
+    assert_eq!(
+        backend.hits(),
+        0,
+        "a broken upload never reaches the backend"
+    );
+
+    let all = wait_for_record(&sidecar, &id).await;
+    let record = all
+        .iter()
+        .find(|r| r["request_id"] == id.as_str())
+        .expect("the broken upload has its record");
+    assert_eq!(record["code"], "request.body_incomplete");
+    assert_eq!(record["status"], 400);
+    assert_eq!(record["route"], "echo.post");
+    assert_eq!(record["org"], TEST_ORG);
+}
