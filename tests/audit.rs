@@ -2113,7 +2113,7 @@ async fn audit_cost_figures() {
             .unwrap()
     }))
     .await;
-    let limits = "[ratelimit]\nrequests_per_minute = 100000000\nburst = 10000000\n";
+    let limits = "[ratelimit]\nrequests_per_minute = 1000000\nburst = 100000\n";
     let on = Sidecar::start(&backend.url(), with_audit("enabled = true", limits)).await;
     let off = Sidecar::start(&backend.url(), with_audit("enabled = false", limits)).await;
     proxied_throughput(&on, CONCURRENCY, Duration::from_secs(1)).await;
