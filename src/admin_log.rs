@@ -38,6 +38,9 @@ pub enum AdminActionKind {
     HipaaModeSet,
     /// BAA evidence was recorded.
     BaaRecorded,
+    /// Dead webhook deliveries were put back in the queue (`target`: the delivery id's hex
+    /// part for one delivery, the organization for a whole dead-letter queue).
+    WebhookRedelivered,
 }
 
 /// One administrative action.

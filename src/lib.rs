@@ -14,7 +14,10 @@ pub mod config;
 pub mod demo;
 pub mod forward;
 pub mod gate;
+pub mod internal;
 pub mod keys;
+pub mod logging;
+pub mod metrics;
 pub mod orgs;
 pub mod pki;
 pub mod policy;
@@ -24,6 +27,7 @@ pub mod request_id;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod webhooks;
 
 use std::sync::{Arc, OnceLock};
 

@@ -5,18 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
-
 use portcullis::admin::cli::{
     self as admin_cli, AdminArgs, AdminCommand, KeysCommand, OrgsCommand,
 };
 use portcullis::admin::AdminServer;
 use portcullis::audit::cli::{self as audit_cli, AuditCommand};
-use portcullis::config::Config;
+use portcullis::config::{Config, LoggingConfig};
+use portcullis::internal::InternalServer;
 use portcullis::policy::Policy;
 use portcullis::server::{tls, Server};
 use portcullis::state::State;
-use portcullis::{demo, forward};
+use portcullis::webhooks::cli::{self as webhooks_cli, WebhooksCommand};
+use portcullis::{demo, forward, logging};
 
 /// Exit status for a configuration or start-up mistake the operator must fix.
 const EXIT_CONFIG: u8 = 2;
@@ -82,14 +82,22 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Sign or verify webhook deliveries, as a partner's receiver would.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // `serve` starts logging once its configuration is read, in the format it names.
+        logging::init(&LoggingConfig::default());
+    }
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
-        Command::Serve { config } => run_async(serve(config)),
+        Command::Serve { config } => serve_main(&config),
         Command::Demo { listen, data_dir } => run_async(async move {
             demo::run(demo::DemoOptions { listen, data_dir }, shutdown_signal())
                 .await
@@ -98,6 +106,7 @@ fn main() -> ExitCode {
         Command::Keys { admin, command } => run_admin(&admin, AdminCommand::Keys(command)),
         Command::Orgs { admin, command } => run_admin(&admin, AdminCommand::Orgs(command)),
         Command::Audit { command } => audit_cli::run(command),
+        Command::Webhooks { command } => webhooks_cli::run(command),
         Command::AdminLog { admin, limit } => run_admin(
             &admin,
             AdminCommand::AdminLog {
@@ -128,15 +137,18 @@ fn run_admin(args: &AdminArgs, command: AdminCommand) -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter =
-        EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+/// `portcullis serve`: the configuration is read first, so `[logging]` decides the log format;
+/// its mistakes go to stderr as plain lines (exit 2).
+fn serve_main(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    logging::init(&config.logging);
+    run_async(serve(config))
 }
 
 /// Runs a future on a multi-threaded runtime; `Err` texts are printed as one line, exit 2.
@@ -184,19 +196,25 @@ fn check_config(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn serve(config_path: PathBuf) -> Result<(), String> {
-    let config = Config::load(&config_path).map_err(|error| error.to_string())?;
+async fn serve(config: Config) -> Result<(), String> {
     let policy = Policy::new(config).map_err(|error| error.to_string())?;
     let state = State::open(policy).map_err(|error| error.to_string())?;
     let socket = state.policies.current().config.admin.socket.clone();
     // If the TLS port cannot be bound below, dropping `admin` removes the socket file again.
     let admin = AdminServer::bind(state.clone(), &socket).map_err(|error| error.to_string())?;
+    let internal = InternalServer::bind_configured(&state)
+        .await
+        .map_err(|error| error.to_string())?;
     let server = Server::bind(state.clone())
         .await
         .map_err(|error| error.to_string())?;
     let admin = admin.spawn();
+    let internal = internal.map(InternalServer::spawn);
     tracing::info!(listen = %server.local_addr(), keys = state.keys.len(), "portcullis listening");
     server.serve(shutdown_signal()).await;
+    if let Some(internal) = internal {
+        internal.stop().await;
+    }
     admin.stop().await;
     if let Err(error) = state.audit.flush().await {
         tracing::error!(%error, "cannot write the last audit records");

@@ -83,6 +83,21 @@ pub enum ProblemCode {
     AuditUnavailable,
     /// A query parameter of a built-in endpoint is malformed or unknown.
     InvalidQuery,
+    /// A posted webhook event names an organization Portcullis does not know.
+    WebhookUnknownOrg,
+    /// A posted webhook event has a type the policy does not list.
+    WebhookUnknownEvent,
+    /// A posted webhook event is not `{"org", "type", "data"}` JSON.
+    WebhookInvalidEvent,
+    /// The webhook outbox cannot take the event right now (the store failed).
+    WebhookUnavailable,
+    /// A subscription's receiver URL breaks a destination rule (not https, a private or
+    /// metadata address, credentials in the URL, ...).
+    WebhookInvalidUrl,
+    /// The organization already holds `webhooks.max_subscriptions_per_org` subscriptions.
+    WebhookLimitReached,
+    /// A JSON request body of a built-in endpoint is not JSON or not the expected shape.
+    InvalidBody,
 }
 
 impl ProblemCode {
@@ -115,6 +130,13 @@ impl ProblemCode {
             Self::UpstreamTimeout => "upstream.timeout",
             Self::AuditUnavailable => "audit.unavailable",
             Self::InvalidQuery => "request.invalid_query",
+            Self::WebhookUnknownOrg => "webhook.unknown_org",
+            Self::WebhookUnknownEvent => "webhook.unknown_event",
+            Self::WebhookInvalidEvent => "webhook.invalid_event",
+            Self::WebhookUnavailable => "webhook.unavailable",
+            Self::WebhookInvalidUrl => "webhook.invalid_url",
+            Self::WebhookLimitReached => "webhook.limit_reached",
+            Self::InvalidBody => "request.invalid_body",
         }
     }
 
@@ -137,6 +159,12 @@ impl ProblemCode {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::WebhookUnknownOrg | Self::WebhookUnknownEvent => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::WebhookInvalidEvent => StatusCode::BAD_REQUEST,
+            Self::WebhookUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::WebhookInvalidUrl => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::WebhookLimitReached => StatusCode::CONFLICT,
+            Self::InvalidBody => StatusCode::BAD_REQUEST,
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RateLimited | Self::QuotaExceeded | Self::AuthThrottled => {
@@ -176,6 +204,13 @@ impl ProblemCode {
             Self::UpstreamTimeout => "Backend timed out",
             Self::AuditUnavailable => "Audit trail unavailable",
             Self::InvalidQuery => "Invalid query parameter",
+            Self::WebhookUnknownOrg => "Unknown organization",
+            Self::WebhookUnknownEvent => "Unknown event type",
+            Self::WebhookInvalidEvent => "Invalid event",
+            Self::WebhookUnavailable => "Webhook outbox unavailable",
+            Self::WebhookInvalidUrl => "Webhook URL not allowed",
+            Self::WebhookLimitReached => "Webhook subscription limit reached",
+            Self::InvalidBody => "Invalid request body",
         }
     }
 }

@@ -28,10 +28,13 @@ use crate::gate::idempotency::Admission;
 use crate::gate::ratelimit::RateStatus;
 use crate::gate::{authn, client_ip, gating, limits, scope};
 use crate::keys::Env;
+use crate::metrics::{IdempotencyOutcome, LimitKind, NO_ROUTE};
+use crate::orgs::OrgRecord;
 use crate::policy::Policy;
 use crate::problem::{Problem, ProblemCode};
 use crate::request_id::{RequestId, REQUEST_ID_HEADER};
 use crate::state::State;
+use crate::webhooks;
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +67,12 @@ pub async fn handle(
         Ok(record) => record,
         Err(problem) => {
             tracing::debug!(request_id = %request_id, "request refused: no room in the audit trail");
+            state.metrics.request(
+                NO_ROUTE,
+                problem.status().as_u16(),
+                Some(problem.code()),
+                started.elapsed(),
+            );
             let mut response = problem.into_response(request_id.as_str());
             response
                 .headers_mut()
@@ -100,6 +109,7 @@ pub async fn handle(
         .headers_mut()
         .insert(REQUEST_ID_HEADER, request_id.header_value());
     trace.audit.finish(response.status(), refused);
+    count(&state, &trace, response.status().as_u16(), refused, started);
     tracing::debug!(
         request_id = %request_id,
         method = %trace.audit.method(),
@@ -112,11 +122,49 @@ pub async fn handle(
     Ok(response)
 }
 
+/// Counts an answered request into the metrics: its series, latency, and what a limit or the
+/// idempotency cache did with it.
+fn count(
+    state: &State,
+    trace: &Trace<'_>,
+    status: u16,
+    refused: Option<ProblemCode>,
+    started: Instant,
+) {
+    let metrics = &state.metrics;
+    metrics.request(
+        trace.route.unwrap_or(NO_ROUTE),
+        status,
+        refused,
+        started.elapsed(),
+    );
+    if let Some(kind) = refused.and_then(LimitKind::of) {
+        let org = trace.org.as_ref().map(|org| org.id.as_str());
+        metrics.limit_refused(kind, org);
+    }
+    let idempotency = match refused {
+        Some(
+            ProblemCode::IdempotencyInProgress
+            | ProblemCode::IdempotencyMismatch
+            | ProblemCode::IdempotencyNotReplayable,
+        ) => Some(IdempotencyOutcome::Conflict),
+        _ => trace.idempotency,
+    };
+    if let Some(outcome) = idempotency {
+        metrics.idempotency(outcome);
+    }
+}
+
 /// What the pipeline learned: policy names and public ids for logging, the rate-limit
 /// status every answer to an authenticated key reports, and the request's audit record.
 #[derive(Default)]
 struct Trace<'p> {
+    /// The policy route's name, or a built-in's `@` name.
     route: Option<&'p str>,
+    /// The caller's organization, once authenticated (a metrics label).
+    org: Option<Arc<OrgRecord>>,
+    /// What the idempotency cache did, when the route uses it.
+    idempotency: Option<IdempotencyOutcome>,
     key_id: Option<String>,
     limit: Option<RateStatus>,
     audit: RequestAudit,
@@ -136,6 +184,7 @@ async fn process<'p>(
     let path = request.uri().path();
     if is_builtin(request.method(), path, config.auth.health_path.as_deref()) {
         trace.audit.builtin_route(RouteName::HEALTH);
+        trace.route = Some("@health");
         return Ok(builtin::health());
     }
 
@@ -159,6 +208,7 @@ async fn process<'p>(
     }
     let caller = authenticated?;
     trace.key_id = Some(caller.key.id.to_string());
+    trace.org = Some(caller.org.clone());
     state
         .limits
         .admit_key(&caller.key, &config.ratelimit)
@@ -166,12 +216,45 @@ async fn process<'p>(
     gating::check(&caller)?;
     if is_builtin(request.method(), path, config.auth.whoami_path.as_deref()) {
         trace.audit.builtin_route(RouteName::WHOAMI);
+        trace.route = Some("@whoami");
         return Ok(builtin::whoami(&caller, policy));
     }
     if let Some(endpoint) = audit::api::endpoint(request.method(), path, &config.audit) {
         trace.audit.builtin_route(RouteName::AUDIT_EVENTS);
+        trace.route = Some("@audit.events");
         let query = request.uri().query();
         return audit::api::answer(endpoint, query, &caller, &state.audit, &config.audit).await;
+    }
+    if config.webhooks.enabled
+        && webhooks::deliveries_api::is_endpoint(
+            request.method(),
+            path,
+            config.webhooks.deliveries_path.as_deref(),
+        )
+    {
+        trace.audit.builtin_route(RouteName::WEBHOOK_DELIVERIES);
+        trace.route = Some("@webhooks.deliveries");
+        let query = request.uri().query();
+        return webhooks::deliveries_api::answer(query, &caller, state).await;
+    }
+    if let Some(endpoint) =
+        webhooks::subscriptions_api::endpoint(request.method(), path, &config.webhooks)
+    {
+        trace.audit.builtin_route(endpoint.route_name());
+        trace.route = Some(endpoint.label());
+        let answered = webhooks::subscriptions_api::answer(
+            endpoint,
+            request,
+            &caller,
+            state,
+            config,
+            request_id.as_str(),
+        )
+        .await?;
+        if answered.replayed {
+            trace.audit.replayed();
+        }
+        return Ok(answered.response);
     }
 
     let route = match policy.route(request.method(), path) {
@@ -204,6 +287,7 @@ async fn process<'p>(
         Admission::Forward { request, lease } => (request, lease),
         Admission::Replay(response) => {
             trace.audit.replayed();
+            trace.idempotency = Some(IdempotencyOutcome::Hit);
             return Ok(response);
         }
     };
@@ -231,14 +315,20 @@ async fn process<'p>(
         }),
         credential_headers: &credential_headers,
     };
-    match lease {
+    if lease.is_some() {
+        trace.idempotency = Some(IdempotencyOutcome::Miss);
+    }
+    let upstream_started = Instant::now();
+    let answer = match lease {
         Some(lease) => {
             lease
                 .forward(&policy.forwarder, request, &outbound, &trip)
                 .await
         }
         None => policy.forwarder.forward(request, &outbound, &trip).await,
-    }
+    };
+    state.metrics.upstream(upstream_started.elapsed());
+    answer
 }
 
 fn is_builtin(method: &Method, path: &str, builtin: Option<&str>) -> bool {

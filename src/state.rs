@@ -14,9 +14,12 @@ use crate::gate::idempotency::{Idempotency, IdempotencyError};
 use crate::gate::ratelimit::{LimitClock, RateLimits};
 use crate::gate::throttle::AuthThrottle;
 use crate::keys::{KeyError, KeyRegistry, Pepper, PepperError};
+use crate::metrics::Metrics;
 use crate::orgs::{OrgError, OrgRegistry};
 use crate::policy::{Policy, PolicyHandle};
 use crate::store::{Store, StoreError};
+use crate::webhooks::deliveries::{Deliveries, DeliveriesError};
+use crate::webhooks::subscriptions::Subscriptions;
 
 /// How often idle throttle entries, full rate-limit buckets and idle quota counters are shed.
 /// Short, so memory follows the keys active in the last few seconds rather than the last
@@ -44,6 +47,9 @@ pub enum StateError {
     /// The audit directory, its HMAC key or its index could not be opened or repaired.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The webhook outbox or its sealing key could not be opened.
+    #[error(transparent)]
+    Deliveries(#[from] DeliveriesError),
 }
 
 /// Everything a request or an admin command may consult besides the policy.
@@ -64,6 +70,12 @@ pub struct State {
     pub limits: RateLimits,
     /// Cached answers of writes sent with an `Idempotency-Key`.
     pub idempotency: Idempotency,
+    /// Webhook subscriptions and their sealed signing secrets.
+    pub subscriptions: Subscriptions,
+    /// The Prometheus registry every part of the sidecar counts into.
+    pub metrics: Metrics,
+    /// The webhook outbox and the delivery worker's shared handle.
+    pub deliveries: Deliveries,
     /// The audit trail: every request and admin action. Declared last so that dropping the
     /// state writes and syncs every queued record after everything else is gone.
     pub audit: Audit,
@@ -89,7 +101,8 @@ impl State {
         let pepper = Pepper::load_or_create(&config.auth.pepper_file)?;
         let keys = KeyRegistry::load(&store, pepper, &config.auth.namespace)?;
         let orgs = OrgRegistry::load(&store)?;
-        let audit = Audit::open(&store, &config.audit)?;
+        let metrics = Metrics::new();
+        let audit = Audit::open_observed(&store, &config.audit, metrics.audit_fsync_observer())?;
         let admin_log = AdminLog::open(&store)?.with_audit(audit.link());
         let auth = &config.auth;
         let throttle = AuthThrottle::new(
@@ -99,6 +112,11 @@ impl State {
             clock.clone(),
         );
         let idempotency = Idempotency::open(&store, &config.idempotency, clock.clone())?;
+        let subscription_keys =
+            crate::gate::idempotency::seal::SealKeys::load_or_create(&config.idempotency.key_file)
+                .map_err(IdempotencyError::from)?;
+        let subscriptions = Subscriptions::open(&store, subscription_keys)?;
+        let deliveries = Deliveries::open(&store, &config.idempotency.key_file, clock.clone())?;
         let limits = RateLimits::open(&store, clock)?;
         Ok(Arc::new(Self {
             policies: PolicyHandle::new(policy),
@@ -109,14 +127,20 @@ impl State {
             throttle,
             limits,
             idempotency,
+            subscriptions,
+            metrics,
+            deliveries,
             audit,
         }))
     }
 
-    /// Runs periodic housekeeping until the returned task is aborted.
+    /// Runs periodic housekeeping, the webhook delivery worker and the audit stream until the
+    /// returned task is aborted (which stops all three).
     pub fn spawn_maintenance(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let state = Arc::downgrade(self);
+        let webhooks = crate::webhooks::worker::start(self);
         tokio::spawn(async move {
+            let _webhooks = webhooks;
             let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
             tick.tick().await;
             loop {

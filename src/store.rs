@@ -339,6 +339,21 @@ impl Tree {
             .map_err(engine_error(self.name, "apply_batch"))
     }
 
+    /// Applies every write in one atomic batch, where `None` removes the key: records that
+    /// move between indexes (a delivery changing state) never show half a move after a crash.
+    pub fn write_batch(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        self.inner
+            .apply_batch(batch)
+            .map_err(engine_error(self.name, "apply_batch"))
+    }
+
     /// Atomically replaces the value under `key` with `new` (`None` removes it), but only if
     /// the stored value is still `expected` (`None`: no value). Two writers racing on one key
     /// cannot both succeed, which a get-then-insert cannot promise.

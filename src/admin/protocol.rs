@@ -475,6 +475,76 @@ pub struct ActionList {
     pub actions: Vec<ActionView>,
 }
 
+/// The dead-letter queue: `GET` lists dead webhook deliveries (`?org=&limit=`).
+pub const WEBHOOK_DLQ_PATH: &str = "/v1/webhooks/dlq";
+
+/// `POST` puts dead webhook deliveries back in the queue.
+pub const WEBHOOK_REDELIVER_PATH: &str = "/v1/webhooks/redeliver";
+
+/// How many dead deliveries a listing returns when it names no limit.
+pub const DEFAULT_DLQ_LIMIT: usize = 50;
+
+/// The most dead deliveries one listing may return.
+pub const MAX_DLQ_LIMIT: usize = 1000;
+
+/// `POST /v1/webhooks/redeliver`: one dead delivery by id, or every dead one (of `org`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedeliverRequest {
+    /// The dead delivery to send again (`dlv_…`); exclusive with `all_dead`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Every dead delivery (of `org` when given).
+    #[serde(default)]
+    pub all_dead: bool,
+    /// Only this organization's deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+}
+
+/// One webhook delivery as an operator sees it: ids, numbers and fixed error kinds only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryView {
+    /// The delivery id.
+    pub id: String,
+    /// The event id (the same on every attempt).
+    pub event_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The organization.
+    pub org: String,
+    /// The subscription.
+    pub subscription_id: String,
+    /// `pending`, `delivered`, `failed` or `dead`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the event was accepted (RFC 3339).
+    pub created_at: String,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+    /// The receiver's status on the last answered attempt.
+    #[serde(default)]
+    pub last_status_code: Option<u16>,
+    /// Why the last attempt failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// `GET /v1/webhooks/dlq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryList {
+    /// Newest first.
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// `POST /v1/webhooks/redeliver`: what went back in the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedeliverResponse {
+    /// The deliveries now pending again, due at once.
+    pub redelivered: Vec<DeliveryView>,
+}
+
 /// An RFC 9457 problem document as the client reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProblemDocument {

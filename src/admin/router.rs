@@ -33,6 +33,10 @@ pub enum Route {
     OrgBaa(String),
     /// `/v1/admin-actions`
     AdminActions,
+    /// `/v1/webhooks/dlq`
+    WebhookDlq,
+    /// `/v1/webhooks/redeliver`
+    WebhookRedeliver,
 }
 
 impl Route {
@@ -42,7 +46,8 @@ impl Route {
             Self::Keys | Self::Orgs => "GET, POST",
             Self::Key(_) | Self::Org(_) => "GET, PATCH",
             Self::KeyRotate(_) | Self::KeyRevoke(_) | Self::OrgBaa(_) => "POST",
-            Self::AdminActions => "GET",
+            Self::AdminActions | Self::WebhookDlq => "GET",
+            Self::WebhookRedeliver => "POST",
         }
     }
 }
@@ -67,6 +72,8 @@ pub fn route(path: &str) -> Result<Route, AdminProblem> {
         ["orgs", id] => org_id(id).map(Route::Org),
         ["orgs", id, "baa"] => org_id(id).map(Route::OrgBaa),
         ["admin-actions"] => Ok(Route::AdminActions),
+        ["webhooks", "dlq"] => Ok(Route::WebhookDlq),
+        ["webhooks", "redeliver"] => Ok(Route::WebhookRedeliver),
         _ => Err(not_found()),
     }
 }
@@ -143,6 +150,8 @@ mod tests {
             ("/v1/orgs/acme-2", Route::Org("acme-2".into())),
             ("/v1/orgs/acme/baa", Route::OrgBaa("acme".into())),
             ("/v1/admin-actions", Route::AdminActions),
+            ("/v1/webhooks/dlq", Route::WebhookDlq),
+            ("/v1/webhooks/redeliver", Route::WebhookRedeliver),
         ];
         for (path, expected) in cases {
             assert_eq!(route(path).unwrap(), expected, "{path}");

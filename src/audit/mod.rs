@@ -67,6 +67,7 @@ use self::ticket::Sink;
 use self::writer::{Message, Settings, Writer};
 use crate::admin_log::AdminActionKind;
 use crate::config::AuditConfig;
+use crate::metrics::FsyncObserver;
 use crate::problem::{Problem, ProblemCode};
 use crate::request_id::RequestId;
 use crate::store::Store;
@@ -110,6 +111,8 @@ impl std::fmt::Debug for Audit {
 struct Shared {
     sender: Sender<Message>,
     slots: Arc<Semaphore>,
+    /// The queue's size, for [`Audit::queue_depth`].
+    capacity: usize,
     stopped: Arc<AtomicBool>,
     shed: AtomicU64,
     last_warning: AtomicU64,
@@ -145,6 +148,15 @@ impl Audit {
     /// completes the index, and starts the writer thread. A disabled configuration gives
     /// [`Audit::disabled`].
     pub fn open(store: &Store, config: &AuditConfig) -> Result<Self, AuditError> {
+        Self::open_observed(store, config, FsyncObserver::default())
+    }
+
+    /// [`Audit::open`] with every batch write and sync timed into `fsync`.
+    pub fn open_observed(
+        store: &Store,
+        config: &AuditConfig,
+        fsync: FsyncObserver,
+    ) -> Result<Self, AuditError> {
         if !config.enabled {
             tracing::warn!("the audit trail is disabled (audit.enabled = false)");
             return Ok(Self::disabled());
@@ -171,6 +183,7 @@ impl Audit {
             interval: config.commit_interval,
             rotate_bytes: config.rotate_bytes,
             rotate_daily: config.rotate_daily,
+            fsync,
         };
         let writer = Writer::new(
             settings,
@@ -188,6 +201,7 @@ impl Audit {
         let shared = Shared {
             sender,
             slots: Arc::new(Semaphore::new(config.queue_capacity)),
+            capacity: config.queue_capacity,
             stopped,
             shed: AtomicU64::new(0),
             last_warning: AtomicU64::new(0),
@@ -207,6 +221,16 @@ impl Audit {
             index: None,
             writer: Mutex::new(None),
         }
+    }
+
+    /// Records holding a queue slot: reserved by requests in flight or waiting to be written
+    /// and synced. Zero when the trail is disabled.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.as_ref().map_or(0, |shared| {
+            shared
+                .capacity
+                .saturating_sub(shared.slots.available_permits())
+        })
     }
 
     /// Whether records are being written.

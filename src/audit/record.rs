@@ -204,6 +204,20 @@ impl RouteName {
     pub const WHOAMI: Self = Self(Cow::Borrowed("@whoami"));
     /// The audit query endpoint.
     pub const AUDIT_EVENTS: Self = Self(Cow::Borrowed("@audit.events"));
+    /// Creating a webhook subscription.
+    pub const WEBHOOKS_CREATE: Self = Self(Cow::Borrowed("@webhooks.create"));
+    /// Listing the caller's webhook subscriptions.
+    pub const WEBHOOKS_LIST: Self = Self(Cow::Borrowed("@webhooks.list"));
+    /// Reading one webhook subscription.
+    pub const WEBHOOKS_GET: Self = Self(Cow::Borrowed("@webhooks.get"));
+    /// Deleting a webhook subscription.
+    pub const WEBHOOKS_DELETE: Self = Self(Cow::Borrowed("@webhooks.delete"));
+    /// Rotating a webhook subscription's signing secret.
+    pub const WEBHOOKS_ROTATE_SECRET: Self = Self(Cow::Borrowed("@webhooks.rotate_secret"));
+    /// Any other request under the subscriptions path (answered 404).
+    pub const WEBHOOKS_OTHER: Self = Self(Cow::Borrowed("@webhooks"));
+    /// The built-in webhook delivery status endpoint.
+    pub const WEBHOOK_DELIVERIES: Self = Self(Cow::Borrowed("@webhooks.deliveries"));
 
     /// A policy route's name. Validation already restricted names to 1-64 characters of
     /// `A-Z a-z 0-9 . _ : -`; anything else is refused here again rather than recorded.
@@ -405,6 +419,7 @@ pub fn admin_action_name(action: AdminActionKind) -> &'static str {
         AdminActionKind::OrgUpdated => "org_updated",
         AdminActionKind::HipaaModeSet => "hipaa_mode_set",
         AdminActionKind::BaaRecorded => "baa_recorded",
+        AdminActionKind::WebhookRedelivered => "webhook_redelivered",
     }
 }
 

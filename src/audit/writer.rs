@@ -33,6 +33,7 @@ use super::files;
 use super::index::{AuditIndex, NewBlock, Position, MAX_BLOCK_RECORDS};
 use super::record::{encode_body, Event, Ident};
 use super::time;
+use crate::metrics::FsyncObserver;
 
 /// A batch that grows past this many bytes is written at once, before its interval ends.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
@@ -105,6 +106,8 @@ pub(super) struct Settings {
     pub rotate_bytes: u64,
     /// Start a new file when the UTC day changes.
     pub rotate_daily: bool,
+    /// Times each write-and-sync for the metrics.
+    pub fsync: FsyncObserver,
 }
 
 /// A numbered, chained record waiting to be written.
@@ -322,10 +325,12 @@ impl Writer {
                 size += len;
                 end += 1;
             }
+            let started = Instant::now();
             let written = current
                 .file
                 .write_all(&self.buffer)
                 .and_then(|()| current.file.sync_data());
+            self.settings.fsync.observe(started.elapsed());
             if let Err(error) = written {
                 // Cut off whatever part of the batch reached the file, so the retry does not
                 // leave a torn line in the middle of it.
@@ -479,6 +484,7 @@ mod tests {
             interval: Duration::from_millis(1),
             rotate_bytes,
             rotate_daily: true,
+            fsync: FsyncObserver::default(),
         };
         let head = ChainHead {
             next_seq: 1,

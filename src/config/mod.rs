@@ -8,7 +8,7 @@ mod raw;
 mod source;
 mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use crate::audit::{ClientIpMode, WhenFull};
 use crate::gate::idempotency::Durability;
 use crate::gate::ratelimit::{HeaderStyle, Rate};
 use crate::gate::route::PathTemplate;
+use crate::webhooks::sign::Scheme;
 
 pub use source::{Location, SourceText};
 
@@ -43,6 +44,12 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     /// The audit trail and its query endpoint.
     pub audit: AuditConfig,
+    /// Outbound webhooks: signing, subscriptions, delivery.
+    pub webhooks: WebhooksConfig,
+    /// The internal listener (metrics, backend events); `None` when `[internal]` is absent.
+    pub internal: Option<InternalConfig>,
+    /// Log format and level.
+    pub logging: LoggingConfig,
     /// The routes partners may call, in file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -270,6 +277,85 @@ pub struct AuditConfig {
     pub query_path: Option<String>,
     /// Scope a key needs for the query endpoint.
     pub query_scope: String,
+}
+
+/// `[webhooks]`. Off by default: no endpoints, no ingest, no delivery worker.
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    /// Whether webhooks run at all.
+    pub enabled: bool,
+    /// How deliveries are signed (one scheme for the deployment, as partners verify one).
+    pub scheme: Scheme,
+    /// Event types the backend may post, besides [`crate::webhooks::AUDIT_EVENT_TYPE`],
+    /// which is always accepted.
+    pub event_types: BTreeSet<String>,
+    /// File holding the bearer token the backend presents to `POST /events`; required when
+    /// enabled.
+    pub ingest_token_file: Option<PathBuf>,
+    /// Waits between attempts after a failure; after the last one the delivery is dead.
+    pub retry_schedule: Vec<Duration>,
+    /// Each wait is varied by up to this fraction either way, so failed receivers are not
+    /// retried in lock step.
+    pub retry_jitter: f64,
+    /// One delivery attempt (connect, send, answer head) must finish within this.
+    pub delivery_timeout: Duration,
+    /// Deliveries in flight to one subscription at once.
+    pub endpoint_concurrency: usize,
+    /// Deliveries in flight over all subscriptions.
+    pub max_in_flight: usize,
+    /// Allow loopback and private receivers (tests and labs only; SSRF protection is off).
+    pub allow_private_destinations: bool,
+    /// Extra PEM CA bundle trusted for receivers, besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long a rotated-out signing secret keeps signing alongside the new one.
+    pub rotation_grace: Duration,
+    /// Path of the subscription endpoints, if enabled.
+    pub subscriptions_path: Option<String>,
+    /// Path of the delivery status endpoint, if enabled.
+    pub deliveries_path: Option<String>,
+    /// Scope a key needs for the subscription and delivery endpoints.
+    pub scope: String,
+    /// Largest event body the backend may post.
+    pub max_event_bytes: usize,
+    /// Most subscriptions one organization may hold.
+    pub max_subscriptions_per_org: usize,
+}
+
+/// `[internal]`: a plain-HTTP/1.1 listener for operators and the backend, never for partners.
+#[derive(Debug, Clone)]
+pub struct InternalConfig {
+    /// Address it binds; loopback unless `allow_non_loopback` was set.
+    pub listen: SocketAddr,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    /// How each log line is written.
+    pub format: LogFormat,
+    /// The filter directive (`info`, `debug`, `portcullis=debug,info`); the `PORTCULLIS_LOG`
+    /// environment variable overrides it.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    /// Pretty lines at `info`.
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text, one event per line.
+    Pretty,
+    /// One JSON object per line with the event's fields at the top level (for journald
+    /// exporters and log shippers).
+    Json,
 }
 
 /// What a key must hold to use a route: deny by default, so "no scope" is spelled out.

@@ -28,6 +28,11 @@ pub struct RawConfig {
     pub idempotency: RawIdempotency,
     #[serde(default)]
     pub audit: RawAudit,
+    #[serde(default)]
+    pub webhooks: RawWebhooks,
+    pub internal: Option<Spanned<RawInternal>>,
+    #[serde(default)]
+    pub logging: RawLogging,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -171,4 +176,47 @@ pub struct RawAudit {
     pub hmac_key_file: Opt<String>,
     pub query_path: Opt<String>,
     pub query_scope: Opt<String>,
+}
+
+/// `[webhooks]`: signing, subscriptions and delivery of outbound events.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhooks {
+    pub enabled: Opt<bool>,
+    pub scheme: Opt<String>,
+    pub stripe_header: Opt<String>,
+    pub split_id_header: Opt<String>,
+    pub split_timestamp_header: Opt<String>,
+    pub split_signature_header: Opt<String>,
+    pub event_types: Opt<Vec<String>>,
+    pub ingest_token_file: Opt<String>,
+    pub retry_schedule: Opt<Vec<String>>,
+    pub retry_jitter: Opt<f64>,
+    pub delivery_timeout: Opt<String>,
+    pub endpoint_concurrency: Opt<i64>,
+    pub max_in_flight: Opt<i64>,
+    pub allow_private_destinations: Opt<bool>,
+    pub ca_file: Opt<String>,
+    pub rotation_grace: Opt<String>,
+    pub subscriptions_path: Opt<String>,
+    pub deliveries_path: Opt<String>,
+    pub scope: Opt<String>,
+    pub max_event_bytes: Opt<i64>,
+    pub max_subscriptions_per_org: Opt<i64>,
+}
+
+/// `[internal]`: the plain-HTTP listener for metrics and backend events.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInternal {
+    pub listen: Opt<String>,
+    pub allow_non_loopback: Opt<bool>,
+}
+
+/// `[logging]`: the format and verbosity of the log lines on stderr.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    pub format: Opt<String>,
+    pub level: Opt<String>,
 }

@@ -2,6 +2,9 @@
 
 mod audit;
 mod idempotency;
+mod internal;
+mod logging;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::ops::{Range, RangeInclusive};
@@ -65,6 +68,9 @@ pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, C
     let ratelimit = v.ratelimit(raw.ratelimit);
     let idempotency = v.idempotency(raw.idempotency, &storage, upstream.as_ref());
     let audit = v.audit(raw.audit, &storage, &auth);
+    let webhooks = v.webhooks(raw.webhooks, &auth, &audit);
+    let internal = v.internal(raw.internal);
+    let logging = v.logging(raw.logging);
     let routes = v.routes(raw.routes, &ratelimit.classes);
     if !v.issues.is_empty() {
         let mut issues = v.issues;
@@ -81,6 +87,9 @@ pub(super) fn validate(source: &SourceText, base_dir: &Path) -> Result<Config, C
             ratelimit,
             idempotency,
             audit,
+            webhooks,
+            internal,
+            logging,
             routes,
         }),
         // Every `None` above is accompanied by an issue, so this arm is only a safety net.

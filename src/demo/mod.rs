@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::admin::{AdminError, AdminServer};
 use crate::admin_log::{AdminActionKind, AdminLogError};
 use crate::config::{Config, ConfigError, SourceText};
+use crate::internal::{InternalError, InternalServer};
 use crate::keys::{Env, KeyError, MintRequest, Secret};
 use crate::orgs::OrgError;
 use crate::pki::{self, PkiError};
@@ -75,6 +76,9 @@ pub enum DemoError {
     /// The admin socket could not be opened.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// The internal (metrics) listener could not be bound.
+    #[error(transparent)]
+    Internal(#[from] InternalError),
 }
 
 /// The organization the demo key belongs to.
@@ -91,6 +95,7 @@ const DEMO_SCOPES: [&str; 2] = ["notes:read", "patients:read"];
 pub struct Demo {
     server: Server,
     admin: AdminServer,
+    internal: InternalServer,
     backend: DemoBackend,
     state: std::sync::Arc<State>,
     ca: PathBuf,
@@ -123,6 +128,8 @@ impl Demo {
                 toml::Value::from(format!("http://{}", backend.local_addr())),
             ),
             ("storage.data_dir", path_value(&data_dir)),
+            // The metrics listener on a free loopback port, printed in the banner.
+            ("internal.listen", toml::Value::from("127.0.0.1:0")),
         ];
         let source = SourceText::new("config/demo.toml (built in)", DEMO_POLICY);
         let config = Config::parse_with_overrides(&source, &data_dir, &overrides)?;
@@ -130,10 +137,21 @@ impl Demo {
         let key = mint_demo_key(&state)?;
         let socket = state.policies.current().config.admin.socket.clone();
         let admin = AdminServer::bind(state.clone(), &socket)?;
+        let internal_listen = state
+            .policies
+            .current()
+            .config
+            .internal
+            .as_ref()
+            .map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |internal| {
+                internal.listen
+            });
+        let internal = InternalServer::bind(state.clone(), internal_listen).await?;
         let server = Server::bind(state.clone()).await?;
         Ok(Self {
             server,
             admin,
+            internal,
             backend,
             state,
             ca: pki.ca,
@@ -154,6 +172,11 @@ impl Demo {
     /// The sidecar's bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The internal listener's bound address (`/metrics`).
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal.local_addr()
     }
 
     /// The CA certificate clients must trust.
@@ -183,7 +206,8 @@ impl Demo {
              \n  organization  {DEMO_ORG}\
              \n  sandbox key   {key}\
              \n                (scopes: notes:read, patients:read; shown once, stored only as a hash)\
-             \n  admin socket  {socket}\n\
+             \n  admin socket  {socket}\
+             \n  metrics       http://{internal}/metrics   (internal listener, loopback only)\n\
              \nTry:\
              \n  {curl} '{base}/v1/clinical-notes?note_local_id=local_note_demo_123'\
              \n  {curl} '{base}/v1/patients/external-link?external_system=demo_ehr&external_patient_id=ehr_demo_456'\
@@ -194,6 +218,7 @@ impl Demo {
              \n  portcullis keys list --admin-socket {socket}\n\
              \nPress Ctrl-C to stop.",
             backend = self.backend.local_addr(),
+            internal = self.internal_addr(),
         )
     }
 
@@ -206,7 +231,9 @@ impl Demo {
     /// the admin socket and stops the backend.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let admin = self.admin.spawn();
+        let internal = self.internal.spawn();
         self.server.serve(shutdown).await;
+        internal.stop().await;
         admin.stop().await;
         self.backend.shutdown().await;
     }

@@ -15,6 +15,7 @@ use super::proxy_protocol;
 use super::sniff::{self, FirstByte};
 use super::tls::ALPN_H2;
 use crate::config::ServerConfig;
+use crate::metrics::TlsFailure;
 use crate::problem::ProblemCode;
 use crate::proxy::{self, ConnInfo};
 use crate::request_id::RequestId;
@@ -44,6 +45,7 @@ impl Connection {
                 .any(|net| net.contains(&peer.ip().to_canonical()));
 
         let mut client = peer;
+        let metrics = &self.state.metrics;
         let establish = async {
             if expects_proxy_header {
                 match tokio::time::timeout(patience, proxy_protocol::read_header(&mut tcp)).await {
@@ -51,33 +53,49 @@ impl Connection {
                     Ok(Ok(None)) => {}
                     Ok(Err(error)) => {
                         tracing::debug!(%error, "PROXY header refused");
+                        metrics.tls_failure(TlsFailure::ProxyHeader);
                         return None;
                     }
                     Err(_) => {
                         tracing::debug!("PROXY header timed out");
+                        metrics.tls_failure(TlsFailure::Timeout);
                         return None;
                     }
                 }
             }
             let first = tokio::time::timeout(patience, sniff::peek_first_byte(&tcp)).await;
-            let Ok(Ok(Some(first))) = first else {
-                return None;
+            let first = match first {
+                Ok(Ok(Some(first))) => first,
+                Ok(_) => {
+                    metrics.tls_failure(TlsFailure::Closed);
+                    return None;
+                }
+                Err(_) => {
+                    metrics.tls_failure(TlsFailure::Timeout);
+                    return None;
+                }
             };
             match sniff::classify(first) {
                 FirstByte::Tls => {
                     match tokio::time::timeout(patience, self.acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => Some(tls),
+                        Ok(Ok(tls)) => {
+                            metrics.tls_handshake();
+                            Some(tls)
+                        }
                         Ok(Err(error)) => {
                             tracing::debug!(%error, "TLS handshake failed");
+                            metrics.tls_failure(TlsFailure::of_handshake(&error));
                             None
                         }
                         Err(_) => {
                             tracing::debug!("TLS handshake timed out");
+                            metrics.tls_failure(TlsFailure::Timeout);
                             None
                         }
                     }
                 }
                 FirstByte::PlainHttp => {
+                    metrics.tls_failure(TlsFailure::PlainHttp);
                     let started = std::time::Instant::now();
                     let request_id = RequestId::generate();
                     let method = sniff::read_plain_head(&mut tcp, patience).await;
@@ -96,7 +114,10 @@ impl Connection {
                     sniff::answer_plain_http(tcp, &request_id, patience).await;
                     None
                 }
-                FirstByte::Unknown => None,
+                FirstByte::Unknown => {
+                    metrics.tls_failure(TlsFailure::NotTls);
+                    None
+                }
             }
         };
         // A connection still handshaking when shutdown starts is simply dropped.

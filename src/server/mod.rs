@@ -126,8 +126,10 @@ impl Server {
                 watcher: graceful.watcher(),
                 stopping: stopping_rx.clone(),
             };
+            let open = state.metrics.connection_opened();
             tokio::spawn(async move {
                 connection.serve(tcp, peer).await;
+                drop(open);
                 drop(slot);
             });
         }

@@ -209,6 +209,8 @@ pub struct Settings {
     pub routes: String,
     /// Lines added to `[auth]`.
     pub auth: String,
+    /// Start the internal listener (`[internal]`) on an ephemeral loopback port.
+    pub internal: bool,
 }
 
 /// Routes used when a test does not bring its own: every common method on `/v1/echo/...`.
@@ -257,6 +259,9 @@ pub struct Sidecar {
     text: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The internal listener's address, when [`Settings::internal`] asked for it.
+    pub internal_addr: Option<SocketAddr>,
+    internal: Option<portcullis::internal::InternalHandle>,
 }
 
 impl Sidecar {
@@ -273,6 +278,11 @@ impl Sidecar {
     }
 
     async fn serve(pki: TestPki, text: String, state: Arc<State>, key: String) -> Sidecar {
+        let internal = portcullis::internal::InternalServer::bind_configured(&state)
+            .await
+            .expect("bind the internal listener")
+            .map(portcullis::internal::InternalServer::spawn);
+        let internal_addr = internal.as_ref().map(|handle| handle.local_addr());
         let server = Server::bind(state.clone()).await.expect("bind sidecar");
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -288,6 +298,8 @@ impl Sidecar {
             text,
             stop: Some(stop),
             task: Some(task),
+            internal_addr,
+            internal,
         }
     }
 
@@ -352,6 +364,28 @@ impl Sidecar {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        if let Some(internal) = self.internal.take() {
+            internal.stop().await;
+        }
+    }
+
+    /// One plain HTTP/1.1 request to the internal listener (`method path`, no body).
+    pub async fn internal_request(
+        &self,
+        method: http::Method,
+        path: &str,
+    ) -> (http::response::Parts, Bytes) {
+        let addr = self
+            .internal_addr
+            .expect("the sidecar was started with Settings::internal");
+        let tcp = TcpStream::connect(addr).await.expect("connect internal");
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr.to_string())
+            .body(portcullis::body::empty_body())
+            .unwrap();
+        send_over(tcp, request).await.expect("internal answer")
     }
 }
 
@@ -387,7 +421,11 @@ pub fn policy_text(pki: &TestPki, upstream_url: &str, settings: &Settings) -> St
         upstream = settings.upstream,
         auth = settings.auth,
         data = pki.dir.path().display(),
-    )
+    ) + if settings.internal {
+        "\n\n[internal]\nlisten = \"127.0.0.1:0\"\n"
+    } else {
+        ""
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

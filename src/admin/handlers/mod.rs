@@ -8,6 +8,7 @@
 mod actions;
 mod keys;
 mod orgs;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +123,11 @@ where
             orgs::record_baa(ctx, id, read_json(body).await?).await
         }
         (&Method::GET, Route::AdminActions) => actions::list(ctx, query).await,
+        (&Method::GET, Route::WebhookDlq) => webhooks::list(ctx, query).await,
+        (&Method::POST, Route::WebhookRedeliver) => {
+            no_query(query)?;
+            webhooks::redeliver(ctx, read_json(body).await?).await
+        }
         (_, route) => Err(AdminProblem::method_not_allowed(route.allowed_methods())),
     }
 }

@@ -146,6 +146,26 @@ impl Lease {
         }
     }
 
+    /// Settles the claim with an answer Portcullis produced itself (a built-in endpoint's
+    /// write), under the rules a backend's answer follows: kept for replay unless it is a 5xx
+    /// (kept too with `store_failures`), too large ones recorded as not replayable, and on
+    /// disk before the client sees it under `durability = "fsync"`.
+    pub async fn settle_local(self, response: Response<Bytes>) -> Response<ProxyBody> {
+        let (parts, bytes) = response.into_parts();
+        if parts.status.is_server_error() && !self.terms.store_failures {
+            self.release();
+        } else if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > self.terms.max_response_bytes {
+            self.record(Payload::TooLarge {
+                status: parts.status,
+            })
+            .await;
+        } else {
+            let kept = replay::stored(parts.status, &parts.headers, bytes.clone());
+            self.record(Payload::Stored(kept)).await;
+        }
+        Response::from_parts(parts, full_body(bytes))
+    }
+
     /// No usable answer: keep the failure when configured to, else free the key.
     async fn fail(
         self,
