@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -13,7 +14,9 @@ use portcullis::admin::cli::{
 use portcullis::admin::AdminServer;
 use portcullis::audit::cli::{self as audit_cli, AuditCommand};
 use portcullis::config::Config;
+use portcullis::notify::{self, Notifier};
 use portcullis::policy::Policy;
+use portcullis::reload::{ReloadTrigger, Reloader};
 use portcullis::server::{tls, Server};
 use portcullis::state::State;
 use portcullis::{demo, forward};
@@ -77,10 +80,27 @@ enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
         limit: u16,
     },
+    /// Write a starter policy, server secrets and a first-run certificate into a directory,
+    /// refusing to overwrite anything.
+    Init {
+        /// The configuration directory (created 0750 if missing).
+        #[arg(long, default_value = "/etc/portcullis")]
+        dir: PathBuf,
+        /// A DNS name or IP address for the server certificate; repeat for more. localhost,
+        /// 127.0.0.1 and ::1 are always added.
+        #[arg(long = "hostname", value_name = "NAME")]
+        hostnames: Vec<String>,
+    },
     /// Verify the audit trail's hash chain, or export one organization's records.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Make the running portcullis re-read its policy file (as SIGHUP does); prints why when
+    /// the new policy is refused, and exits 1.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }
 
@@ -98,6 +118,10 @@ fn main() -> ExitCode {
         Command::Keys { admin, command } => run_admin(&admin, AdminCommand::Keys(command)),
         Command::Orgs { admin, command } => run_admin(&admin, AdminCommand::Orgs(command)),
         Command::Audit { command } => audit_cli::run(command),
+        Command::Reload { admin } => run_admin(&admin, AdminCommand::Reload),
+        Command::Init { dir, hostnames } => {
+            init_command(&portcullis::init::InitOptions { dir, hostnames })
+        }
         Command::AdminLog { admin, limit } => run_admin(
             &admin,
             AdminCommand::AdminLog {
@@ -160,6 +184,20 @@ fn run_async(work: impl std::future::Future<Output = Result<(), String>>) -> Exi
     }
 }
 
+/// `portcullis init`: the report on stdout, a refusal or failure on stderr.
+fn init_command(options: &portcullis::init::InitOptions) -> ExitCode {
+    match portcullis::init::run(options) {
+        Ok(report) => {
+            print!("{}", portcullis::init::next_steps(&report));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("portcullis: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
 fn check_config(path: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
@@ -185,6 +223,15 @@ fn check_config(path: &Path) -> ExitCode {
 }
 
 async fn serve(config_path: PathBuf) -> Result<(), String> {
+    let notifier = Notifier::from_env();
+    // Claim SIGHUP before anything else: its default action would end the process, and one
+    // sent during start-up is kept and handled once serving begins.
+    let hangup = hangup_signal()?;
+    notifier.status("Starting: loading the policy and opening the stores");
+    // Relative paths in the policy resolve against its directory; anchor the file itself now
+    // so that a reload (which re-reads it from wherever the process stands) sees the same
+    // paths and does not mistake them for changed start-only settings.
+    let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
     let config = Config::load(&config_path).map_err(|error| error.to_string())?;
     let policy = Policy::new(config).map_err(|error| error.to_string())?;
     let state = State::open(policy).map_err(|error| error.to_string())?;
@@ -194,15 +241,57 @@ async fn serve(config_path: PathBuf) -> Result<(), String> {
     let server = Server::bind(state.clone())
         .await
         .map_err(|error| error.to_string())?;
-    let admin = admin.spawn();
-    tracing::info!(listen = %server.local_addr(), keys = state.keys.len(), "portcullis listening");
-    server.serve(shutdown_signal()).await;
+    let reloader = Arc::new(Reloader::new(
+        &config_path,
+        state.clone(),
+        server.cert_resolver(),
+        notifier.clone(),
+    ));
+    let admin = admin.with_reloader(reloader.clone()).spawn();
+    let reloads = spawn_reload_on_hangup(hangup, reloader);
+    let watchdog = notifier.spawn_watchdog(notify::watchdog_interval());
+    let listen = server.local_addr();
+    tracing::info!(%listen, keys = state.keys.len(), "portcullis listening");
+    // Bound and open: the service manager may now start what depends on us. Any listener
+    // added to `serve` must be bound above this line.
+    notifier.ready(&format!("Serving on {listen}"));
+    let draining = notifier.clone();
+    server
+        .serve(async move {
+            shutdown_signal().await;
+            draining.stopping("Draining in-flight requests");
+        })
+        .await;
+    reloads.abort();
     admin.stop().await;
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     if let Err(error) = state.audit.flush().await {
         tracing::error!(%error, "cannot write the last audit records");
     }
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// The SIGHUP stream, installed (and so no longer fatal) from the moment it is returned.
+fn hangup_signal() -> Result<tokio::signal::unix::Signal, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).map_err(|error| format!("cannot handle SIGHUP: {error}"))
+}
+
+/// Reloads the policy on every SIGHUP (what `systemctl reload` sends) until aborted; the
+/// outcome is logged and reported to the service manager by the reloader.
+fn spawn_reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    reloader: Arc<Reloader>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received");
+            reloader.reload(ReloadTrigger::Signal).await;
+        }
+    })
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -33,6 +33,8 @@ pub enum Route {
     OrgBaa(String),
     /// `/v1/admin-actions`
     AdminActions,
+    /// `/v1/reload`
+    Reload,
 }
 
 impl Route {
@@ -43,6 +45,7 @@ impl Route {
             Self::Key(_) | Self::Org(_) => "GET, PATCH",
             Self::KeyRotate(_) | Self::KeyRevoke(_) | Self::OrgBaa(_) => "POST",
             Self::AdminActions => "GET",
+            Self::Reload => "POST",
         }
     }
 }
@@ -67,6 +70,7 @@ pub fn route(path: &str) -> Result<Route, AdminProblem> {
         ["orgs", id] => org_id(id).map(Route::Org),
         ["orgs", id, "baa"] => org_id(id).map(Route::OrgBaa),
         ["admin-actions"] => Ok(Route::AdminActions),
+        ["reload"] => Ok(Route::Reload),
         _ => Err(not_found()),
     }
 }
@@ -143,6 +147,7 @@ mod tests {
             ("/v1/orgs/acme-2", Route::Org("acme-2".into())),
             ("/v1/orgs/acme/baa", Route::OrgBaa("acme".into())),
             ("/v1/admin-actions", Route::AdminActions),
+            ("/v1/reload", Route::Reload),
         ];
         for (path, expected) in cases {
             assert_eq!(route(path).unwrap(), expected, "{path}");
@@ -164,6 +169,7 @@ mod tests {
             "/v1/orgs/acme/baa/x",
             "/v1keys",
             "/v1/admin-actions/1",
+            "/v1/reload/now",
         ] {
             assert_eq!(
                 route(path).unwrap_err().code(),
