@@ -1,6 +1,6 @@
 //! The request pipeline: every request that reaches the listener goes through [`handle`].
 //!
-//! The order is fixed and visible in [`process`]: limits, built-in health, keys in URLs,
+//! The order is fixed and visible in `process`: limits, built-in health, keys in URLs,
 //! client address, authentication, the key's rate limit, production gating, built-in whoami,
 //! route, scope, body limit, the route class's rate limit and the daily quotas, the
 //! idempotency key (replaying a cached answer, or recording the answer of the forward), forward.

@@ -2064,3 +2064,123 @@ async fn no_canary_reaches_the_audit_files_the_state_store_or_the_debug_log() {
     }
     assert_no_canary("the debug log", log.as_bytes());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+/// Requests answered in `window` by `concurrency` tasks sharing one HTTP/2 connection.
+async fn proxied_throughput(sidecar: &Sidecar, concurrency: usize, window: Duration) -> f64 {
+    let client = h2_client(sidecar.ca());
+    let deadline = Instant::now() + window;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let url = sidecar.url("/v1/echo/figures");
+        let key = sidecar.key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut answered = 0u64;
+            while Instant::now() < deadline {
+                let request = Request::get(&url)
+                    .header("authorization", bearer(&key))
+                    .body(empty_body())
+                    .unwrap();
+                let (parts, _) = send(&client, request).await;
+                assert_eq!(parts.status, StatusCode::OK);
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total as f64 / window.as_secs_f64()
+}
+
+/// Proxied throughput with the audit trail on and off, alternating rounds so that machine
+/// load shifts both alike. `cargo test --release --test audit audit_cost -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for BENCHMARKS.md, not a check"]
+async fn audit_cost_figures() {
+    const ROUNDS: usize = 5;
+    const CONCURRENCY: usize = 32;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let backend = Backend::start(handler(|_| async {
+        Response::builder()
+            .status(StatusCode::OK)
+            .body(full_body("{\"ok\":true}"))
+            .unwrap()
+    }))
+    .await;
+    let limits = "[ratelimit]\nrequests_per_minute = 1000000\nburst = 100000\n";
+    let on = Sidecar::start(&backend.url(), with_audit("enabled = true", limits)).await;
+    let off = Sidecar::start(&backend.url(), with_audit("enabled = false", limits)).await;
+    proxied_throughput(&on, CONCURRENCY, Duration::from_secs(1)).await;
+    proxied_throughput(&off, CONCURRENCY, Duration::from_secs(1)).await;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        without.push(proxied_throughput(&off, CONCURRENCY, WINDOW).await);
+        with.push(proxied_throughput(&on, CONCURRENCY, WINDOW).await);
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let (with, without) = (median(&mut with), median(&mut without));
+    println!("\n| audit | requests/s (median of {ROUNDS} × {WINDOW:?}) | ratio |\n|---|---|---|");
+    println!("| off | {without:.0} | 1× |");
+    println!("| on | {with:.0} | {:.3}× |", with / without);
+    assert!(on.state.audit.is_enabled() && !off.state.audit.is_enabled());
+}
+
+// ---------------------------------------------------------------------------------------------
+// An upload that breaks off
+
+#[tokio::test]
+async fn an_upload_that_breaks_off_is_400_body_incomplete_unforwarded_and_recorded() {
+    let (backend, _) = Backend::recording().await;
+    let sidecar = Sidecar::start(&backend.url(), with_audit("", "")).await;
+    let id = uuid();
+    let mut tls = tls_connect(sidecar.addr, sidecar.ca(), &[b"http/1.1"]).await;
+    let head = format!(
+        "POST /v1/echo/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Idempotency-Key: upload-1\r\nX-Request-Id: {id}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"note\":",
+        sidecar.key
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    // Half-close: the body can never be completed, but the answer can still be read.
+    tls.shutdown().await.unwrap();
+    let answer = read_to_close(&mut tls, Duration::from_secs(5)).await;
+
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(
+        header_of(&answer, "content-type").as_deref(),
+        Some("application/problem+json")
+    );
+    assert_eq!(
+        header_of(&answer, "x-request-id").as_deref(),
+        Some(id.as_str())
+    );
+    let document: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or(""))
+        .unwrap_or_else(|_| panic!("a problem document: {answer}"));
+    assert_eq!(document["code"], "request.body_incomplete");
+    assert_eq!(document["status"], 400);
+    assert_eq!(
+        backend.hits(),
+        0,
+        "a broken upload never reaches the backend"
+    );
+
+    let all = wait_for_record(&sidecar, &id).await;
+    let record = all
+        .iter()
+        .find(|r| r["request_id"] == id.as_str())
+        .expect("the broken upload has its record");
+    assert_eq!(record["code"], "request.body_incomplete");
+    assert_eq!(record["status"], 400);
+    assert_eq!(record["route"], "echo.post");
+    assert_eq!(record["org"], TEST_ORG);
+}

@@ -232,7 +232,16 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         .body(portcullis::body::empty_body())
         .unwrap();
     let request = tokio::spawn(async move { send(&client, request).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SIGTERM only once the request is in flight at the backend: a connection that has not
+    // sent its request yet is idle, and a drain rightly closes idle connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while backend.hits() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     signal(&child, "TERM");
     let (parts, body) = request.await.unwrap();
     assert_eq!(parts.status, StatusCode::OK);

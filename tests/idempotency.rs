@@ -1216,6 +1216,8 @@ async fn a_crash_mid_request_is_forwarded_once_more_after_the_lease_and_then_rep
         assert!(sent.elapsed() < Duration::from_secs(10), "never forwarded");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The claim was written before the backend saw the request, so its lease ends by then.
+    let claimed_by = Instant::now();
     kill(&mut sidecar, "KILL");
     assert!(
         in_flight.await.unwrap().is_err(),
@@ -1237,7 +1239,8 @@ async fn a_crash_mid_request_is_forwarded_once_more_after_the_lease_and_then_rep
     assert_eq!(backend.hits(), 1);
 
     // After the lease, the retry is forwarded once more...
-    tokio::time::sleep(LEASE.saturating_sub(sent.elapsed()) + Duration::from_millis(200)).await;
+    tokio::time::sleep(LEASE.saturating_sub(claimed_by.elapsed()) + Duration::from_millis(200))
+        .await;
     let (parts, body) = send(&client, request(sidecar.port)).await;
     assert_eq!(parts.status, StatusCode::CREATED);
     assert!(!parts.headers.contains_key("idempotent-replayed"));
