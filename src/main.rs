@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use portcullis::admin::cli::{
@@ -12,7 +13,9 @@ use portcullis::admin::AdminServer;
 use portcullis::audit::cli::{self as audit_cli, AuditCommand};
 use portcullis::config::{Config, LoggingConfig};
 use portcullis::internal::InternalServer;
+use portcullis::notify::{self, Notifier};
 use portcullis::policy::Policy;
+use portcullis::reload::{ReloadTrigger, Reloader};
 use portcullis::server::{tls, Server};
 use portcullis::state::State;
 use portcullis::webhooks::cli::{self as webhooks_cli, WebhooksCommand};
@@ -77,6 +80,17 @@ enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
         limit: u16,
     },
+    /// Write a starter policy, server secrets and a first-run certificate into a directory,
+    /// refusing to overwrite anything.
+    Init {
+        /// The configuration directory (created 0750 if missing).
+        #[arg(long, default_value = "/etc/portcullis")]
+        dir: PathBuf,
+        /// A DNS name or IP address for the server certificate; repeat for more. localhost,
+        /// 127.0.0.1 and ::1 are always added.
+        #[arg(long = "hostname", value_name = "NAME")]
+        hostnames: Vec<String>,
+    },
     /// Verify the audit trail's hash chain, or export one organization's records.
     Audit {
         #[command(subcommand)]
@@ -86,6 +100,12 @@ enum Command {
     Webhooks {
         #[command(subcommand)]
         command: WebhooksCommand,
+    },
+    /// Make the running portcullis re-read its policy file (as SIGHUP does); prints why when
+    /// the new policy is refused, and exits 1.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }
 
@@ -107,6 +127,10 @@ fn main() -> ExitCode {
         Command::Orgs { admin, command } => run_admin(&admin, AdminCommand::Orgs(command)),
         Command::Audit { command } => audit_cli::run(command),
         Command::Webhooks { command } => webhooks_cli::run(command),
+        Command::Reload { admin } => run_admin(&admin, AdminCommand::Reload),
+        Command::Init { dir, hostnames } => {
+            init_command(&portcullis::init::InitOptions { dir, hostnames })
+        }
         Command::AdminLog { admin, limit } => run_admin(
             &admin,
             AdminCommand::AdminLog {
@@ -140,7 +164,11 @@ fn run_admin(args: &AdminArgs, command: AdminCommand) -> ExitCode {
 /// `portcullis serve`: the configuration is read first, so `[logging]` decides the log format;
 /// its mistakes go to stderr as plain lines (exit 2).
 fn serve_main(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
+    // Relative paths in the policy resolve against its directory; anchor the file itself now
+    // so that a reload (which re-reads it from wherever the process stands) sees the same
+    // paths and does not mistake them for changed start-only settings.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let config = match Config::load(&path) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
@@ -148,7 +176,7 @@ fn serve_main(path: &Path) -> ExitCode {
         }
     };
     logging::init(&config.logging);
-    run_async(serve(config))
+    run_async(serve(path, config))
 }
 
 /// Runs a future on a multi-threaded runtime; `Err` texts are printed as one line, exit 2.
@@ -168,6 +196,20 @@ fn run_async(work: impl std::future::Future<Output = Result<(), String>>) -> Exi
         Err(message) => {
             eprintln!("portcullis: {message}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `portcullis init`: the report on stdout, a refusal or failure on stderr.
+fn init_command(options: &portcullis::init::InitOptions) -> ExitCode {
+    match portcullis::init::run(options) {
+        Ok(report) => {
+            print!("{}", portcullis::init::next_steps(&report));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("portcullis: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }
@@ -196,7 +238,12 @@ fn check_config(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+async fn serve(config_path: PathBuf, config: Config) -> Result<(), String> {
+    let notifier = Notifier::from_env();
+    // Claim SIGHUP before anything else: its default action would end the process, and one
+    // sent during start-up is kept and handled once serving begins.
+    let hangup = hangup_signal()?;
+    notifier.status("Starting: opening the stores");
     let policy = Policy::new(config).map_err(|error| error.to_string())?;
     let state = State::open(policy).map_err(|error| error.to_string())?;
     let socket = state.policies.current().config.admin.socket.clone();
@@ -208,19 +255,61 @@ async fn serve(config: Config) -> Result<(), String> {
     let server = Server::bind(state.clone())
         .await
         .map_err(|error| error.to_string())?;
-    let admin = admin.spawn();
+    let reloader = Arc::new(Reloader::new(
+        &config_path,
+        state.clone(),
+        server.cert_resolver(),
+        notifier.clone(),
+    ));
+    let admin = admin.with_reloader(reloader.clone()).spawn();
     let internal = internal.map(InternalServer::spawn);
-    tracing::info!(listen = %server.local_addr(), keys = state.keys.len(), "portcullis listening");
-    server.serve(shutdown_signal()).await;
+    let reloads = spawn_reload_on_hangup(hangup, reloader);
+    let watchdog = notifier.spawn_watchdog(notify::watchdog_interval());
+    let listen = server.local_addr();
+    tracing::info!(%listen, keys = state.keys.len(), "portcullis listening");
+    // Bound and open: the service manager may now start what depends on us. Any listener
+    // added to `serve` must be bound above this line.
+    notifier.ready(&format!("Serving on {listen}"));
+    let draining = notifier.clone();
+    server
+        .serve(async move {
+            shutdown_signal().await;
+            draining.stopping("Draining in-flight requests");
+        })
+        .await;
+    reloads.abort();
     if let Some(internal) = internal {
         internal.stop().await;
     }
     admin.stop().await;
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     if let Err(error) = state.audit.flush().await {
         tracing::error!(%error, "cannot write the last audit records");
     }
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// The SIGHUP stream, installed (and so no longer fatal) from the moment it is returned.
+fn hangup_signal() -> Result<tokio::signal::unix::Signal, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).map_err(|error| format!("cannot handle SIGHUP: {error}"))
+}
+
+/// Reloads the policy on every SIGHUP (what `systemctl reload` sends) until aborted; the
+/// outcome is logged and reported to the service manager by the reloader.
+fn spawn_reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    reloader: Arc<Reloader>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received");
+            reloader.reload(ReloadTrigger::Signal).await;
+        }
+    })
 }
 
 /// Completes on SIGTERM or SIGINT.

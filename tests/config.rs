@@ -361,6 +361,14 @@ fn shipped_example_policies_are_valid() {
             ),
         ];
         let mut overrides = overrides.to_vec();
+        if text.contains("\ningest_token_file") {
+            use std::os::unix::fs::PermissionsExt;
+            let token = dir.path().join("events.token");
+            std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let stand_in = toml::Value::from(token.display().to_string());
+            overrides.push(("webhooks.ingest_token_file", stand_in));
+        }
         if text.contains("\nca_file") {
             let stand_in = dir.path().join("cert.pem").display().to_string();
             overrides.push(("upstream.ca_file", toml::Value::from(stand_in)));

@@ -64,7 +64,7 @@ pub enum ClientError {
         reason: String,
     },
     /// The server refused the request and said why.
-    #[error("{}: {}", printable(&.0.title), printable(&.0.detail))]
+    #[error("{}: {}{}", printable(&.0.title), printable(&.0.detail), reason_lines(&.0.reasons))]
     Problem(ProblemDocument),
 }
 
@@ -226,6 +226,14 @@ fn os_message(error: &io::Error) -> String {
 }
 
 /// Text from the server with anything that could drive a terminal replaced.
+/// Each reason on an indented line of its own, after the summary.
+fn reason_lines(reasons: &[String]) -> String {
+    reasons
+        .iter()
+        .map(|reason| format!("\n  {}", printable(reason)))
+        .collect()
+}
+
 pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { '?' } else { c })
@@ -271,10 +279,26 @@ mod tests {
             status: 404,
             detail: "no API key with id 0a1b2c3d\u{1b}[2J".into(),
             code: "admin.not_found".into(),
+            reasons: Vec::new(),
         });
         assert_eq!(
             error.to_string(),
             "Not found: no API key with id 0a1b2c3d?[2J"
+        );
+    }
+
+    #[test]
+    fn every_reason_prints_on_a_line_of_its_own() {
+        let error = ClientError::Problem(ProblemDocument {
+            title: "Reload refused".into(),
+            status: 422,
+            detail: "the policy was not reloaded".into(),
+            code: "admin.reload_refused".into(),
+            reasons: vec!["p.toml:3:1: server.listen: x".into(), "bad\nline".into()],
+        });
+        assert_eq!(
+            error.to_string(),
+            "Reload refused: the policy was not reloaded\n  p.toml:3:1: server.listen: x\n  bad?line"
         );
     }
 }

@@ -37,6 +37,8 @@ pub enum AdminCode {
     Conflict,
     /// The body is larger than the admin API accepts (413).
     TooLarge,
+    /// The policy file could not be put into service; the running one stays (422).
+    ReloadRefused,
     /// Portcullis failed (storage, randomness); details are in the server log (500).
     Internal,
 }
@@ -52,6 +54,7 @@ impl AdminCode {
             Self::Timeout => "admin.timeout",
             Self::Conflict => "admin.conflict",
             Self::TooLarge => "admin.too_large",
+            Self::ReloadRefused => "admin.reload_refused",
             Self::Internal => "admin.internal",
         }
     }
@@ -67,6 +70,7 @@ impl AdminCode {
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict => StatusCode::CONFLICT,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ReloadRefused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,6 +86,7 @@ impl AdminCode {
             Self::Timeout => "Request timed out",
             Self::Conflict => "Conflict",
             Self::TooLarge => "Request too large",
+            Self::ReloadRefused => "Reload refused",
             Self::Internal => "Internal error",
         }
     }
@@ -93,6 +98,7 @@ pub struct AdminProblem {
     code: AdminCode,
     detail: Cow<'static, str>,
     allow: Option<&'static str>,
+    reasons: Vec<String>,
 }
 
 impl AdminProblem {
@@ -102,7 +108,19 @@ impl AdminProblem {
             code,
             detail: detail.into(),
             allow: None,
+            reasons: Vec::new(),
         }
+    }
+
+    /// Adds a `reasons` member: every reason, one string each, when there are several.
+    pub fn with_reasons(mut self, reasons: Vec<String>) -> Self {
+        self.reasons = reasons;
+        self
+    }
+
+    /// The reasons given with [`AdminProblem::with_reasons`].
+    pub fn reasons(&self) -> &[String] {
+        &self.reasons
     }
 
     /// `405`, naming the methods the path does take.
@@ -136,13 +154,24 @@ impl AdminProblem {
 
     /// The problem document; `instance` is the request id, as for partner problems.
     pub fn to_json(&self, request_id: &str) -> Vec<u8> {
-        crate::problem::render_document(
+        let document = crate::problem::render_document(
             self.code.as_str(),
             self.code.title(),
             self.code.status(),
             &self.detail,
             request_id,
-        )
+        );
+        if self.reasons.is_empty() {
+            return document;
+        }
+        // RFC 9457 extension member, added to the shared document shape.
+        match serde_json::from_slice::<serde_json::Value>(&document) {
+            Ok(serde_json::Value::Object(mut members)) => {
+                members.insert("reasons".to_owned(), self.reasons.clone().into());
+                serde_json::to_vec(&members).unwrap_or(document)
+            }
+            _ => document,
+        }
     }
 
     /// The HTTP answer.
@@ -239,6 +268,19 @@ mod tests {
         let response = problem.into_response("rid");
         assert_eq!(response.status(), StatusCode::CONFLICT);
         assert_eq!(response.headers()[CONTENT_TYPE], PROBLEM_CONTENT_TYPE);
+    }
+
+    #[test]
+    fn reasons_are_an_extension_member() {
+        let problem = AdminProblem::new(AdminCode::ReloadRefused, "not reloaded")
+            .with_reasons(vec!["a".into(), "b".into()]);
+        let json: serde_json::Value = serde_json::from_slice(&problem.to_json("rid")).unwrap();
+        assert_eq!(json["code"], "admin.reload_refused");
+        assert_eq!(json["status"], 422);
+        assert_eq!(json["reasons"], serde_json::json!(["a", "b"]));
+        let plain = AdminProblem::new(AdminCode::Conflict, "x").to_json("rid");
+        let json: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+        assert!(json.get("reasons").is_none());
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub const ORGS_PATH: &str = "/v1/orgs";
 /// The admin action log, newest first.
 pub const ADMIN_ACTIONS_PATH: &str = "/v1/admin-actions";
 
+/// `POST` re-reads the policy file the instance was started with and puts it into service.
+pub const RELOAD_PATH: &str = "/v1/reload";
+
 /// How long the previous secret keeps working after a rotation when the request names no
 /// grace period: a day, enough to roll a new secret out to a partner's fleet.
 pub const DEFAULT_ROTATION_GRACE_SECS: u64 = 24 * 60 * 60;
@@ -545,6 +548,24 @@ pub struct RedeliverResponse {
     pub redelivered: Vec<DeliveryView>,
 }
 
+/// `POST /v1/reload` takes no options; an empty body is the same as `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadRequest {}
+
+/// `POST /v1/reload` when the new policy is in service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadView {
+    /// Always `"applied"`.
+    pub result: String,
+    /// How many reloads the instance has applied since it started, this one included.
+    pub generation: u64,
+    /// Routes in the policy now in service.
+    pub routes: usize,
+    /// SHA-256 (hex) of the certificate new handshakes get.
+    pub certificate_sha256: String,
+}
+
 /// An RFC 9457 problem document as the client reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProblemDocument {
@@ -558,6 +579,9 @@ pub struct ProblemDocument {
     /// Stable machine-readable code (`admin.not_found`, ...).
     #[serde(default)]
     pub code: String,
+    /// Every reason, one per line, when there can be several (a refused reload).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 #[cfg(test)]

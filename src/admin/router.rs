@@ -37,6 +37,8 @@ pub enum Route {
     WebhookDlq,
     /// `/v1/webhooks/redeliver`
     WebhookRedeliver,
+    /// `/v1/reload`
+    Reload,
 }
 
 impl Route {
@@ -47,7 +49,7 @@ impl Route {
             Self::Key(_) | Self::Org(_) => "GET, PATCH",
             Self::KeyRotate(_) | Self::KeyRevoke(_) | Self::OrgBaa(_) => "POST",
             Self::AdminActions | Self::WebhookDlq => "GET",
-            Self::WebhookRedeliver => "POST",
+            Self::WebhookRedeliver | Self::Reload => "POST",
         }
     }
 }
@@ -74,6 +76,7 @@ pub fn route(path: &str) -> Result<Route, AdminProblem> {
         ["admin-actions"] => Ok(Route::AdminActions),
         ["webhooks", "dlq"] => Ok(Route::WebhookDlq),
         ["webhooks", "redeliver"] => Ok(Route::WebhookRedeliver),
+        ["reload"] => Ok(Route::Reload),
         _ => Err(not_found()),
     }
 }
@@ -152,6 +155,7 @@ mod tests {
             ("/v1/admin-actions", Route::AdminActions),
             ("/v1/webhooks/dlq", Route::WebhookDlq),
             ("/v1/webhooks/redeliver", Route::WebhookRedeliver),
+            ("/v1/reload", Route::Reload),
         ];
         for (path, expected) in cases {
             assert_eq!(route(path).unwrap(), expected, "{path}");
@@ -173,6 +177,7 @@ mod tests {
             "/v1/orgs/acme/baa/x",
             "/v1keys",
             "/v1/admin-actions/1",
+            "/v1/reload/now",
         ] {
             assert_eq!(
                 route(path).unwrap_err().code(),

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::handlers::{self, Peer};
 use super::socket::{self, AdminError, SocketFile};
+use crate::reload::Reloader;
 use crate::state::State;
 
 /// Admin connections served at once; more are closed on arrival.
@@ -44,6 +45,7 @@ const MAX_BUF_BYTES: usize = 16 * 1024;
 /// A bound admin socket, ready to serve.
 pub struct AdminServer {
     state: Arc<State>,
+    reloader: Option<Arc<Reloader>>,
     listener: std::os::unix::net::UnixListener,
     socket: SocketFile,
 }
@@ -65,9 +67,17 @@ impl AdminServer {
         let (listener, socket) = socket::bind(path)?;
         Ok(Self {
             state,
+            reloader: None,
             listener,
             socket,
         })
+    }
+
+    /// Serves `POST /v1/reload` (`portcullis reload`) with `reloader`; without one the
+    /// endpoint answers that there is nothing to reload.
+    pub fn with_reloader(mut self, reloader: Arc<Reloader>) -> Self {
+        self.reloader = Some(reloader);
+        self
     }
 
     /// The socket's path.
@@ -80,6 +90,7 @@ impl AdminServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Self {
             state,
+            reloader,
             listener,
             socket,
         } = self;
@@ -116,9 +127,10 @@ impl AdminServer {
                 continue;
             };
             let state = state.clone();
+            let reloader = reloader.clone();
             let watcher = graceful.watcher();
             tokio::spawn(async move {
-                serve_connection(stream, state, owner_uid, watcher).await;
+                serve_connection(stream, state, reloader, owner_uid, watcher).await;
                 drop(slot);
             });
         }
@@ -178,7 +190,13 @@ impl Drop for AdminHandle {
     }
 }
 
-async fn serve_connection(stream: UnixStream, state: Arc<State>, owner_uid: u32, watcher: Watcher) {
+async fn serve_connection(
+    stream: UnixStream,
+    state: Arc<State>,
+    reloader: Option<Arc<Reloader>>,
+    owner_uid: u32,
+    watcher: Watcher,
+) {
     let uid = match stream.peer_cred() {
         Ok(cred) => cred.uid(),
         Err(error) => {
@@ -193,7 +211,12 @@ async fn serve_connection(stream: UnixStream, state: Arc<State>, owner_uid: u32,
     };
     let service = service_fn(move |request| {
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(handlers::handle(request, state, peer).await) }
+        let reloader = reloader.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                handlers::handle(request, state, reloader, peer).await,
+            )
+        }
     });
     let mut builder = http1::Builder::new();
     builder

@@ -71,6 +71,9 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
+    /// How often the certificate and key files are checked for a renewal (certbot and
+    /// similar replace them without telling anyone).
+    pub cert_check_interval: Duration,
     /// Largest header section accepted, counted as RFC 9113 §6.5.2 does (name + value + 32).
     pub max_header_bytes: usize,
     /// Most header fields accepted in one request.

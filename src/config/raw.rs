@@ -47,6 +47,7 @@ pub struct RawServer {
     pub tls_handshake_timeout: Opt<String>,
     pub header_read_timeout: Opt<String>,
     pub drain_timeout: Opt<String>,
+    pub cert_check_interval: Opt<String>,
     pub max_header_bytes: Opt<i64>,
     pub max_headers: Opt<i64>,
     pub max_body_bytes: Opt<i64>,

@@ -247,6 +247,11 @@ impl Validator<'_> {
                 &raw.drain_timeout,
                 Duration::from_secs(30),
             ),
+            cert_check_interval: self.duration(
+                "server.cert_check_interval",
+                &raw.cert_check_interval,
+                Duration::from_secs(30),
+            ),
             max_header_bytes: self.count(
                 "server.max_header_bytes",
                 &raw.max_header_bytes,

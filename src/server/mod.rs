@@ -6,6 +6,7 @@
 //! header section under `header_read_timeout`, an idle HTTP/2 connection under its PING
 //! keep-alive.
 
+pub mod cert_watch;
 mod connection;
 pub mod proxy_protocol;
 pub mod sniff;
@@ -89,10 +90,12 @@ impl Server {
         let Self {
             listener,
             acceptor,
+            resolver,
             state,
             ..
         } = self;
         let maintenance = state.spawn_maintenance();
+        let cert_watch = cert_watch::spawn(resolver, state.policies.clone());
         let max_connections = state.policies.current().config.server.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
         let graceful = GracefulShutdown::new();
@@ -148,6 +151,7 @@ impl Server {
             tracing::warn!("drain timeout reached with requests still in flight");
         }
         maintenance.abort();
+        cert_watch.abort();
         if let Err(error) = state.store.flush() {
             tracing::error!(%error, "cannot flush state on shutdown");
         }

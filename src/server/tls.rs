@@ -100,6 +100,27 @@ impl CertResolver {
     pub fn replace(&self, next: CertifiedKey) {
         self.current.store(Arc::new(next));
     }
+
+    /// The certificate new handshakes get.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+}
+
+/// SHA-256 of a certificate's DER as lower-case hex: how logs and the reload answer name the
+/// certificate in service (the same value `openssl x509 -fingerprint -sha256` shows).
+pub fn fingerprint(certified: &CertifiedKey) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+    let Some(leaf) = certified.cert.first() else {
+        return String::new();
+    };
+    Sha256::digest(leaf.as_ref())
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 impl ResolvesServerCert for CertResolver {

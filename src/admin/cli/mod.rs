@@ -6,6 +6,7 @@
 //! are enforced by the server, so a script speaking to the socket directly gets the same
 //! answers as the CLI.
 
+mod reload;
 mod render;
 pub mod values;
 
@@ -203,6 +204,8 @@ pub enum AdminCommand {
         /// How many entries, newest first.
         limit: usize,
     },
+    /// `portcullis reload`
+    Reload,
 }
 
 /// Why an admin command failed, and which exit status that earns.
@@ -217,6 +220,9 @@ pub enum CliError {
     /// Output could not be written (exit status 1).
     #[error("cannot write the output: {0}")]
     Output(#[source] std::io::Error),
+    /// The request was not sent because it could only be refused (exit status 1).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl CliError {
@@ -225,18 +231,25 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) => 2,
-            Self::Client(_) | Self::Output(_) => 1,
+            Self::Client(_) | Self::Output(_) | Self::Refused(_) => 1,
         }
     }
 }
 
 /// Runs one admin command against the socket `args` name.
 pub async fn run(args: &AdminArgs, command: AdminCommand) -> Result<(), CliError> {
-    let client = AdminClient::new(socket_path(args)?);
+    let socket = match command {
+        // The file is usually being reloaded because it was edited: find the socket even when
+        // the edit broke it, so the running instance can say what is wrong.
+        AdminCommand::Reload => reload::socket_path(args)?,
+        _ => socket_path(args)?,
+    };
+    let client = AdminClient::new(socket);
     let out = Output { json: args.json };
     let result = match command {
         AdminCommand::Keys(command) => keys(&client, &out, command).await,
         AdminCommand::Orgs(command) => orgs(&client, &out, command).await,
+        AdminCommand::Reload => reload::run(&client, &out).await,
         AdminCommand::AdminLog { limit } => {
             let reply = client
                 .get(&format!("{ADMIN_ACTIONS_PATH}?limit={limit}"))

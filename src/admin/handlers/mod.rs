@@ -8,6 +8,7 @@
 mod actions;
 mod keys;
 mod orgs;
+mod reload;
 mod webhooks;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use serde::Serialize;
 use super::problem::{AdminCode, AdminProblem};
 use super::router::{self, Route};
 use crate::body::{full_body, BoxError, ProxyBody};
+use crate::reload::Reloader;
 use crate::request_id::{RequestId, REQUEST_ID_HEADER};
 use crate::state::State;
 
@@ -49,15 +51,21 @@ impl Peer {
     }
 }
 
-/// Answers one admin request.
-pub async fn handle<B>(request: Request<B>, state: Arc<State>, peer: Peer) -> Response<ProxyBody>
+/// Answers one admin request. `reloader` is `None` when the instance has no policy file to
+/// reload (the demo).
+pub async fn handle<B>(
+    request: Request<B>,
+    state: Arc<State>,
+    reloader: Option<Arc<Reloader>>,
+    peer: Peer,
+) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let request_id = RequestId::generate();
     let method = request.method().clone();
-    let mut response = match dispatch(request, state, peer).await {
+    let mut response = match dispatch(request, state, reloader, peer).await {
         Ok(response) => response,
         Err(problem) => {
             tracing::debug!(%method, code = problem.code().as_str(), "admin request refused");
@@ -73,6 +81,7 @@ where
 async fn dispatch<B>(
     request: Request<B>,
     state: Arc<State>,
+    reloader: Option<Arc<Reloader>>,
     peer: Peer,
 ) -> Result<Response<ProxyBody>, AdminProblem>
 where
@@ -94,7 +103,11 @@ where
     let query = query.as_deref();
     let method = request.method().clone();
     let body = request.into_body();
-    let ctx = Context { state, peer };
+    let ctx = Context {
+        state,
+        reloader,
+        peer,
+    };
     match (&method, route) {
         (&Method::GET, Route::Keys) => keys::list(&ctx, query),
         (&Method::POST, Route::Keys) => keys::create(ctx, read_json(body).await?).await,
@@ -128,6 +141,11 @@ where
             no_query(query)?;
             webhooks::redeliver(ctx, read_json(body).await?).await
         }
+        (&Method::POST, Route::Reload) => {
+            no_query(query)?;
+            let _: crate::admin::protocol::ReloadRequest = read_json_or_empty(body).await?;
+            reload::reload(&ctx).await
+        }
         (_, route) => Err(AdminProblem::method_not_allowed(route.allowed_methods())),
     }
 }
@@ -135,6 +153,7 @@ where
 /// What every handler needs.
 pub(super) struct Context {
     state: Arc<State>,
+    reloader: Option<Arc<Reloader>>,
     peer: Peer,
 }
 
