@@ -247,14 +247,7 @@ impl Cursor {
         }
         let (seq_hex, org_hex) = body.split_at(16);
         let before = u64::from_be_bytes(hex::decode_array::<8>(seq_hex)?);
-        let org_bytes: Option<Vec<u8>> = org_hex
-            .as_bytes()
-            .chunks_exact(2)
-            .map(|pair| {
-                let pair = std::str::from_utf8(pair).ok()?;
-                hex::decode_array::<1>(pair).map(|[byte]| byte)
-            })
-            .collect();
+        let org_bytes = hex::decode_vec(org_hex);
         let org = String::from_utf8(org_bytes?).ok()?;
         is_org_id(&org).then_some(Self { org, before })
     }

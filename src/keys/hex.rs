@@ -57,6 +57,18 @@ pub(crate) fn decode_array<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Decodes any even number of lowercase hex characters (cursors and other opaque tokens).
+pub(crate) fn decode_vec(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(2)
+        .map(|pair| Some((digit_value(pair[0])? << 4) | digit_value(pair[1])?))
+        .collect()
+}
+
 /// Serde adapter storing a 32-byte hash as 64 lowercase hex characters.
 pub(crate) mod hash32 {
     use super::*;

@@ -77,14 +77,7 @@ impl Cursor {
         if body.len() % 2 != 0 || body.len() > 512 || !body.is_ascii() {
             return None;
         }
-        let bytes: Option<Vec<u8>> = body
-            .as_bytes()
-            .chunks_exact(2)
-            .map(|pair| {
-                let pair = std::str::from_utf8(pair).ok()?;
-                hex::decode_array::<1>(pair).map(|[byte]| byte)
-            })
-            .collect();
+        let bytes = hex::decode_vec(body);
         let plain = String::from_utf8(bytes?).ok()?;
         let mut parts = plain.split('|');
         let org = parts.next()?.to_owned();

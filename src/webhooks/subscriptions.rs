@@ -289,14 +289,7 @@ impl Cursor {
         }
         let (id_hex, org_hex) = body.split_at(id_len);
         let after = format!("{SUBSCRIPTION_ID_PREFIX}{id_hex}").parse().ok()?;
-        let org_bytes: Option<Vec<u8>> = org_hex
-            .as_bytes()
-            .chunks_exact(2)
-            .map(|pair| {
-                let pair = std::str::from_utf8(pair).ok()?;
-                hex::decode_array::<1>(pair).map(|[byte]| byte)
-            })
-            .collect();
+        let org_bytes = hex::decode_vec(org_hex);
         let org = String::from_utf8(org_bytes?).ok()?;
         crate::orgs::is_org_id(&org).then_some(Self { org, after })
     }
