@@ -2,10 +2,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
@@ -24,31 +22,6 @@ fn write_policy(pki: &TestPki, upstream: &str, server_extra: &str) -> std::path:
     let path = pki.dir.path().join("policy.toml");
     std::fs::write(&path, policy_text(pki, upstream, &settings)).unwrap();
     path
-}
-
-/// Streams a child's output lines into a channel so a test can wait for one with a deadline.
-fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    panic!("no line containing {needle:?}");
 }
 
 fn signal(child: &Child, name: &str) {
@@ -223,7 +196,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let log = lines(child.stderr.take().unwrap());
+    let log = child_lines(child.stderr.take().unwrap());
     let port = port_of(&wait_for_line(&log, "portcullis listening"));
 
     let client = h1_client(&pki.paths.ca);
@@ -263,7 +236,7 @@ async fn demo_serves_a_fake_clinical_note_through_the_proxy() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let out = lines(child.stdout.take().unwrap());
+    let out = child_lines(child.stdout.take().unwrap());
     let line = wait_for_line(&out, "sidecar");
     let port: u16 = line
         .split("https://localhost:")

@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -1089,18 +1088,6 @@ async fn a_pending_record_blocks_retries_until_its_lease_ends() {
 // ---------------------------------------------------------------------------------------------
 // A crash: the real binary, killed with SIGKILL mid-request
 
-fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 /// A `portcullis serve` child process, killed when dropped so a failing test leaves no
 /// sidecar behind.
 struct Running {
@@ -1126,7 +1113,7 @@ fn serve(policy: &Path) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let log = lines(child.stderr.take().unwrap());
+    let log = child_lines(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match log.recv_timeout(left) {

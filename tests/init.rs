@@ -5,14 +5,12 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::sync::Arc;
 
-use common::{get, h1_client};
+use common::{child_lines, get, h1_client, wait_for_line};
 use http::StatusCode;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -221,30 +219,6 @@ fn init_refuses_a_bad_hostname_or_a_file_as_directory() {
     );
 }
 
-fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    panic!("no line containing {needle:?}");
-}
-
 fn port_of(line: &str) -> u16 {
     let addr = line.split("listen=").nth(1).expect("listen= in the line");
     let addr = addr.split_whitespace().next().unwrap();
@@ -319,7 +293,7 @@ async fn the_starter_serves_a_first_tls_handshake_with_init_secrets() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let log = lines(child.stderr.take().unwrap());
+    let log = child_lines(child.stderr.take().unwrap());
     let child = Running(child);
     let port = port_of(&wait_for_line(&log, "portcullis listening"));
 

@@ -752,22 +752,6 @@ async fn the_admin_endpoint_reloads_or_answers_a_problem_with_every_reason() {
 // ---------------------------------------------------------------------------------------------
 // The real binary: SIGHUP and `portcullis reload`
 
-fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stream)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 /// A `portcullis serve` child, killed when dropped.
 struct Running {
     child: Child,
@@ -797,7 +781,7 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = lines(child.stderr.take().unwrap());
+        let log = child_lines(child.stderr.take().unwrap());
         let mut running = Running {
             child,
             port: 0,

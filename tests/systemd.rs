@@ -11,14 +11,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{get, h1_client, handler, send, Backend};
+use common::{child_lines, get, h1_client, handler, send, wait_for_line, Backend};
 use http::{Response, StatusCode};
 use portcullis::body::full_body;
 use portcullis::init;
@@ -391,30 +389,6 @@ fn strace_lines_are_read_by_name() {
     assert_eq!(names, ["futex", "openat"]);
 }
 
-fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    panic!("no line containing {needle:?}");
-}
-
 /// strace and the server it runs; both are killed if the test ends early.
 struct Traced {
     strace: std::process::Child,
@@ -517,7 +491,7 @@ async fn the_binary_stays_inside_the_unit_syscall_filter() {
         strace: child,
         server: None,
     };
-    let log = lines(traced.strace.stderr.take().unwrap());
+    let log = child_lines(traced.strace.stderr.take().unwrap());
     let listening = wait_for_line(&log, "portcullis listening");
     let port: u16 = listening
         .split("listen=")

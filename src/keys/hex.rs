@@ -60,7 +60,7 @@ pub(crate) fn decode_array<const N: usize>(text: &str) -> Option<[u8; N]> {
 /// Decodes any even number of lowercase hex characters (cursors and other opaque tokens).
 pub(crate) fn decode_vec(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     bytes
