@@ -349,6 +349,15 @@ impl EventBody {
             Self::System(_) => None,
         }
     }
+
+    /// [`EventBody::org`], taken out once the record is encoded (no copy).
+    pub fn into_org(self) -> Option<Ident> {
+        match self {
+            Self::Request(request) => request.org,
+            Self::Admin(admin) => admin.org,
+            Self::System(_) => None,
+        }
+    }
 }
 
 /// A record before the writer numbers and chains it.
@@ -392,8 +401,10 @@ fn encode_request(json: &mut JsonObject<'_>, request: &RequestEvent) {
     json.string("kind", "request");
     json.string("request_id", request.request_id.as_str());
     json.optional("org", request.org.as_ref().map(Ident::as_str));
-    let key_id = request.key_id.map(|id| id.to_string());
-    json.optional("key_id", key_id.as_deref());
+    match request.key_id {
+        Some(id) => json.display("key_id", id),
+        None => json.null("key_id"),
+    }
     json.optional("env", request.env.map(Env::as_str));
     json.string("method", request.method.as_str());
     json.optional("route", request.route.as_ref().map(RouteName::as_str));
@@ -404,8 +415,10 @@ fn encode_request(json: &mut JsonObject<'_>, request: &RequestEvent) {
     json.optional("code", request.code.map(AuditCode::as_str));
     json.number("latency_us", request.latency_us);
     json.boolean("replayed", request.replayed);
-    let client_ip = request.client_ip.map(|ip| ip.to_string());
-    json.optional("client_ip", client_ip.as_deref());
+    match request.client_ip {
+        Some(ip) => json.display("client_ip", ip),
+        None => json.null("client_ip"),
+    }
 }
 
 /// The snake-case name of an admin action, as the admin log's JSON spells it.
@@ -496,7 +509,17 @@ impl<'a> JsonObject<'a> {
 
     fn number(&mut self, name: &str, value: u64) {
         self.name(name);
-        self.out.extend_from_slice(value.to_string().as_bytes());
+        time::push_padded(value, 0, self.out);
+    }
+
+    /// A value whose `Display` text never needs escaping (key ids, addresses), quoted.
+    fn display(&mut self, name: &str, value: impl fmt::Display) {
+        use std::io::Write as _;
+        self.name(name);
+        self.out.push(b'"');
+        // Writing to a `Vec` cannot fail.
+        let _ = write!(self.out, "{value}");
+        self.out.push(b'"');
     }
 
     fn boolean(&mut self, name: &str, value: bool) {
@@ -520,21 +543,33 @@ impl<'a> JsonObject<'a> {
 
 /// Writes `text` as a JSON string: `"` and `\` escaped, control characters as `\u00XX`,
 /// everything else as UTF-8.
+///
+/// Works on bytes: every byte that needs escaping is ASCII, and the bytes of a multi-byte
+/// character are all `>= 0x80`, so runs between escapes are copied whole.
 fn write_string(text: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    for c in text.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            c if u32::from(c) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", u32::from(c)).as_bytes());
-            }
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
-        }
+    let bytes = text.as_bytes();
+    let mut copied = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0..=0x1f => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[copied..at]);
+        out.extend_from_slice(escaped);
+        copied = at + 1;
     }
+    out.extend_from_slice(&bytes[copied..]);
     out.push(b'"');
 }
 

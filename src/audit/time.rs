@@ -38,13 +38,40 @@ pub fn write_iso8601(micros: u64, out: &mut Vec<u8>) {
     let (year, month, day) = civil_from_days(i64::try_from(days).unwrap_or(i64::MAX));
     let secs = in_day / 1_000_000;
     let fraction = in_day % 1_000_000;
-    let text = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{fraction:06}Z",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    );
-    out.extend_from_slice(text.as_bytes());
+    // Years before 1970 cannot occur (the input is unsigned), so every part is non-negative.
+    push_padded(u64::try_from(year).unwrap_or(0), 4, out);
+    out.push(b'-');
+    push_padded(u64::try_from(month).unwrap_or(0), 2, out);
+    out.push(b'-');
+    push_padded(u64::try_from(day).unwrap_or(0), 2, out);
+    out.push(b'T');
+    push_padded(secs / 3600, 2, out);
+    out.push(b':');
+    push_padded((secs / 60) % 60, 2, out);
+    out.push(b':');
+    push_padded(secs % 60, 2, out);
+    out.push(b'.');
+    push_padded(fraction, 6, out);
+    out.push(b'Z');
+}
+
+/// Appends `value` in decimal, zero-padded to at least `width` digits (as `{:0width$}`),
+/// without allocating: records are encoded on the writer's hot path.
+pub fn push_padded(value: u64, width: usize, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - at;
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(len)));
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// `micros` as ISO-8601 UTC text.
@@ -210,6 +237,17 @@ mod tests {
             "2000-02-29T00:00:00.000000Z"
         );
         assert_eq!(compact_date(1_795_420_800_000_000), "20261123");
+    }
+
+    #[test]
+    fn padded_numbers_match_the_standard_formatting() {
+        for value in [0, 7, 42, 999, 1_000, 123_456, u64::MAX] {
+            for width in [0, 2, 4, 6] {
+                let mut out = Vec::new();
+                push_padded(value, width, &mut out);
+                assert_eq!(String::from_utf8(out).unwrap(), format!("{value:0width$}"));
+            }
+        }
     }
 
     #[test]

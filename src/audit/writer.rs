@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,8 +115,9 @@ struct Chained {
     seq: u64,
     ts: u64,
     org: Option<Ident>,
-    /// The line including its newline.
-    line: Vec<u8>,
+    /// The length of its line, newline included; the lines of all pending records follow
+    /// one another in the writer's batch buffer, in order.
+    len: usize,
     /// Where the line was written (file, offset), once it was.
     written_at: Option<(Arc<str>, u64)>,
     _slot: Option<OwnedSemaphorePermit>,
@@ -129,8 +130,9 @@ pub(super) struct Writer {
     head: ChainHead,
     file: Option<CurrentFile>,
     pending: Vec<Chained>,
-    pending_bytes: usize,
-    buffer: Vec<u8>,
+    /// The lines of the pending records, one after the other: encoded and sealed in place,
+    /// written with one `write` per file, so no record needs an allocation of its own.
+    batch: Vec<u8>,
     index: AuditIndex,
     /// Cleared after an index write fails: the index head then stays where it was, and the
     /// next start completes the index from the files.
@@ -156,8 +158,7 @@ impl Writer {
             head,
             file,
             pending: Vec::new(),
-            pending_bytes: 0,
-            buffer: Vec::new(),
+            batch: Vec::new(),
             index,
             index_complete: true,
             publisher,
@@ -190,10 +191,23 @@ impl Writer {
                     },
                 }
             };
+            // Take everything already queued before looking at the clock again: under load
+            // the channel holds many records, and one clock read per batch is enough.
+            let message = match message {
+                Some(Message::Record { event, slot }) => {
+                    self.append(event, slot);
+                    match self.append_queued(&messages) {
+                        Some(other) => Some(other),
+                        None if self.batch.len() < MAX_BATCH_BYTES => continue,
+                        None => None,
+                    }
+                }
+                other => other,
+            };
             match message {
                 Some(Message::Record { event, slot }) => {
                     self.append(event, slot);
-                    if self.pending_bytes < MAX_BATCH_BYTES {
+                    if self.batch.len() < MAX_BATCH_BYTES {
                         continue;
                     }
                 }
@@ -261,24 +275,36 @@ impl Writer {
         }
     }
 
+    /// Appends the records already queued, up to a full batch; returns the first other
+    /// message met (a flush or a shutdown), which the caller handles.
+    fn append_queued(&mut self, messages: &Receiver<Message>) -> Option<Message> {
+        while self.batch.len() < MAX_BATCH_BYTES {
+            match messages.try_recv() {
+                Ok(Message::Record { event, slot }) => self.append(event, slot),
+                Ok(other) => return Some(other),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
+            }
+        }
+        None
+    }
+
     /// Numbers, timestamps and chains one record into the pending batch.
     fn append(&mut self, mut event: Event, slot: Option<OwnedSemaphorePermit>) {
         event.ts = event.ts.max(self.head.last_ts);
         let seq = self.head.next_seq;
-        let mut line = Vec::with_capacity(512);
-        encode_body(seq, &event, &mut line);
-        let hash = chain::seal(&self.key, &self.head.prev, &mut line);
+        let start = self.batch.len();
+        encode_body(seq, &event, &mut self.batch);
+        let hash = chain::seal_from(&self.key, &self.head.prev, &mut self.batch, start);
         self.head = ChainHead {
             next_seq: seq.saturating_add(1),
             prev: hash,
             last_ts: event.ts,
         };
-        self.pending_bytes += line.len();
         self.pending.push(Chained {
             seq,
             ts: event.ts,
-            org: event.body.org().cloned(),
-            line,
+            org: event.body.into_org(),
+            len: self.batch.len() - start,
             written_at: None,
             _slot: slot,
         });
@@ -291,17 +317,22 @@ impl Writer {
         let result = self.write_pending(&mut durable);
         if durable > 0 {
             let written: Vec<Chained> = self.pending.drain(..durable).collect();
-            self.pending_bytes = self.pending.iter().map(|r| r.line.len()).sum();
-            self.after_durable(&written);
+            let bytes: usize = written.iter().map(|record| record.len).sum();
+            let mut batch = std::mem::take(&mut self.batch);
+            self.after_durable(&written, &batch[..bytes]);
+            batch.drain(..bytes);
+            self.batch = batch;
         }
         result
     }
 
     fn write_pending(&mut self, durable: &mut usize) -> io::Result<()> {
+        // Where the first record not yet durable starts in the batch buffer.
+        let mut base = 0;
         while *durable < self.pending.len() {
             let (first_seq, first_ts, first_len) = {
                 let first = &self.pending[*durable];
-                (first.seq, first.ts, first.line.len())
+                (first.seq, first.ts, first.len)
             };
             if self.must_rotate(first_ts, first_len) {
                 self.rotate(first_seq, first_ts)?;
@@ -312,23 +343,23 @@ impl Writer {
             let day = time::utc_day(first_ts);
             let mut end = *durable;
             let mut size = 0u64;
-            self.buffer.clear();
             while let Some(record) = self.pending.get(end) {
-                let len = record.line.len() as u64;
+                let len = record.len as u64;
                 // `must_rotate` made sure the file's day is the first record's day.
                 let crosses_day = self.settings.rotate_daily && time::utc_day(record.ts) != day;
                 let too_big = current.len + size + len > self.settings.rotate_bytes;
                 if end > *durable && (crosses_day || too_big) {
                     break;
                 }
-                self.buffer.extend_from_slice(&record.line);
                 size += len;
                 end += 1;
             }
+            // `size` is the length of lines held in memory, so it fits in `usize`.
+            let bytes = &self.batch[base..base + size as usize];
             let started = Instant::now();
             let written = current
                 .file
-                .write_all(&self.buffer)
+                .write_all(bytes)
                 .and_then(|()| current.file.sync_data());
             self.settings.fsync.observe(started.elapsed());
             if let Err(error) = written {
@@ -342,8 +373,9 @@ impl Writer {
             let mut offset = current.len;
             for record in &mut self.pending[*durable..end] {
                 record.written_at = Some((current.name.clone(), offset));
-                offset += record.line.len() as u64;
+                offset += record.len as u64;
             }
+            base += size as usize;
             current.len += size;
             current.day.get_or_insert(day);
             *durable = end;
@@ -382,7 +414,8 @@ impl Writer {
         Ok(())
     }
 
-    fn after_durable(&mut self, written: &[Chained]) {
+    /// `lines` are the written records' lines, one after the other.
+    fn after_durable(&mut self, written: &[Chained], lines: &[u8]) {
         if self.index_complete {
             let groups = group_for_index(written);
             let blocks = groups.iter().flat_map(|(org, file, positions)| {
@@ -401,11 +434,14 @@ impl Writer {
             }
         }
         if self.publisher.receiver_count() > 0 {
+            let mut start = 0;
             for record in written {
+                let line = &lines[start..start + record.len];
+                start += record.len;
                 let committed = CommittedRecord {
                     seq: record.seq,
                     org: record.org.as_ref().map(|org| org.as_str().to_owned()),
-                    line: Bytes::copy_from_slice(line_without_newline(&record.line)),
+                    line: Bytes::copy_from_slice(line_without_newline(line)),
                 };
                 let _ = self.publisher.send(Arc::new(committed));
             }
@@ -439,7 +475,8 @@ fn group_for_index(written: &[Chained]) -> Vec<(&str, &str, Vec<Position>)> {
             seq: record.seq,
             ts: record.ts,
             offset: *offset,
-            len: u32::try_from(line_without_newline(&record.line).len()).unwrap_or(u32::MAX),
+            // The line without its newline.
+            len: u32::try_from(record.len.saturating_sub(1)).unwrap_or(u32::MAX),
         };
         let (org, file) = (org.as_str(), &**file);
         match slots.get(&(org, file)) {
