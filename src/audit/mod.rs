@@ -110,6 +110,8 @@ impl std::fmt::Debug for Audit {
 /// What requests, admin actions and the writer share.
 struct Shared {
     sender: Sender<Message>,
+    /// The writer thread, unparked for messages that must not wait out a commit interval.
+    writer: std::thread::Thread,
     slots: Arc<Semaphore>,
     /// The queue's size, for [`Audit::queue_depth`].
     capacity: usize,
@@ -128,7 +130,11 @@ impl Shared {
         if self.stopped.load(Ordering::SeqCst) {
             return Err(AuditError::Stopped);
         }
-        self.sender().send(message).map_err(|_| AuditError::Stopped)
+        self.sender()
+            .send(message)
+            .map_err(|_| AuditError::Stopped)?;
+        self.writer.unpark();
+        Ok(())
     }
 
     /// Logs `message` unless a warning was logged less than a second ago.
@@ -200,6 +206,7 @@ impl Audit {
             .map_err(AuditError::Spawn)?;
         let shared = Shared {
             sender,
+            writer: thread.thread().clone(),
             slots: Arc::new(Semaphore::new(config.queue_capacity)),
             capacity: config.queue_capacity,
             stopped,

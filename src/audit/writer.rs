@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -184,11 +184,18 @@ impl Writer {
             } else {
                 match next_commit.checked_duration_since(Instant::now()) {
                     None => None,
-                    Some(wait) => match messages.recv_timeout(wait) {
-                        Ok(message) => Some(message),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    },
+                    Some(wait) => {
+                        // Sleep through the rest of the interval rather than waking for each
+                        // record: a sender then never pays for waking this thread, which is
+                        // most of what a record would cost a request. Flushes and shutdown
+                        // unpark the thread (`Shared::send`), so they are not delayed.
+                        std::thread::park_timeout(wait);
+                        match messages.try_recv() {
+                            Ok(message) => Some(message),
+                            Err(TryRecvError::Empty) => continue,
+                            Err(TryRecvError::Disconnected) => break,
+                        }
+                    }
                 }
             };
             // Take everything already queued before looking at the clock again: under load
