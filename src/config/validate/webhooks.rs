@@ -1,5 +1,6 @@
 //! Validation of `[webhooks]`, with the defaults in one place ([`WebhooksConfig::default`]).
 
+use crate::webhooks::cli::{DEFAULT_SPLIT_HEADERS, DEFAULT_STRIPE_HEADER};
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
 use std::os::unix::fs::PermissionsExt;
@@ -231,7 +232,7 @@ impl Validator<'_> {
                 let header = self.scheme_header(
                     "webhooks.stripe_header",
                     &raw.stripe_header,
-                    "portcullis-signature",
+                    DEFAULT_STRIPE_HEADER,
                 );
                 (Scheme::Stripe { header }, stray(raw, &["stripe_header"]))
             }
@@ -239,17 +240,17 @@ impl Validator<'_> {
                 let id_header = self.scheme_header(
                     "webhooks.split_id_header",
                     &raw.split_id_header,
-                    "x-portcullis-event-id",
+                    DEFAULT_SPLIT_HEADERS[0],
                 );
                 let timestamp_header = self.scheme_header(
                     "webhooks.split_timestamp_header",
                     &raw.split_timestamp_header,
-                    "x-portcullis-timestamp",
+                    DEFAULT_SPLIT_HEADERS[1],
                 );
                 let signature_header = self.scheme_header(
                     "webhooks.split_signature_header",
                     &raw.split_signature_header,
-                    "x-portcullis-signature",
+                    DEFAULT_SPLIT_HEADERS[2],
                 );
                 let distinct = id_header != timestamp_header
                     && id_header != signature_header
