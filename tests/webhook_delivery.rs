@@ -782,6 +782,30 @@ async fn retries_follow_the_schedule_end_dead_and_redeliver_from_the_dlq() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_is_not_repeated_before_its_retry_is_due() {
+    // Many short attempts end while the worker is still walking the due entries it scanned:
+    // none of those may be sent again until the clock reaches its retry.
+    const EVENTS: usize = 60;
+    let hooks = Hooks::start("endpoint_concurrency = 8").await;
+    let receiver = Receiver::start(&hooks.pki, 500).await;
+    hooks.subscribe(ORG, &receiver.url(), &["note.signed"]);
+    for n in 0..EVENTS {
+        hooks.post(ORG, "note.signed", json!({ "n": n })).await;
+    }
+    eventually("every first attempt recorded", || {
+        let records = records(&hooks, ORG);
+        records.len() == EVENTS && records.iter().all(|r| r.attempts > 0)
+    })
+    .await;
+    // Give a duplicate the time to happen, then count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let attempts: Vec<u32> = records(&hooks, ORG).iter().map(|r| r.attempts).collect();
+    assert!(attempts.iter().all(|a| *a == 1), "{attempts:?}");
+    assert_eq!(receiver.count(), EVENTS, "one request per delivery");
+    hooks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeliver_all_dead_moves_only_the_named_organizations_queue() {
     let hooks = Hooks::start("retry_schedule = [\"1s\"]").await;
     let receiver = Receiver::start(&hooks.pki, 500).await;

@@ -220,6 +220,17 @@ pub struct DeliveryRecord {
     pub updated_ms: u64,
 }
 
+impl DeliveryRecord {
+    /// Whether an attempt may start at `now_ms`: pending and due. The worker checks this on
+    /// the record it is about to send, not only in the due index it scanned, because an
+    /// attempt that ends between the scan and the read has already moved the delivery on;
+    /// sending it again would be a duplicate the receiver never asked for.
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        self.status == DeliveryStatus::Pending
+            && self.next_attempt_ms.is_some_and(|due| due <= now_ms)
+    }
+}
+
 /// The event as the outbox keeps it, without its data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventHeader {
@@ -274,5 +285,43 @@ mod tests {
         assert!(DeliveryStatus::Dead.needs_data());
         assert!(!DeliveryStatus::Delivered.needs_data());
         assert!(!DeliveryStatus::Failed.needs_data());
+    }
+
+    #[test]
+    fn only_a_pending_delivery_whose_time_has_come_is_due() {
+        let record = DeliveryRecord {
+            id: DeliveryId::generate().unwrap(),
+            event_id: EventId::generate().unwrap(),
+            event_type: "note.signed".to_owned(),
+            org: "acme".to_owned(),
+            subscription_id: "sub_x".to_owned(),
+            status: DeliveryStatus::Pending,
+            attempts: 1,
+            created_ms: 1_000,
+            next_attempt_ms: Some(2_000),
+            last_status_code: Some(500),
+            last_latency_ms: Some(3),
+            last_error: Some(FailureKind::Status),
+            updated_ms: 1_000,
+        };
+        assert!(!record.is_due(1_999), "retry not yet due");
+        assert!(record.is_due(2_000));
+        assert!(record.is_due(9_000));
+        for status in [
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Failed,
+            DeliveryStatus::Dead,
+        ] {
+            let ended = DeliveryRecord {
+                status,
+                ..record.clone()
+            };
+            assert!(!ended.is_due(9_000), "{status:?}");
+        }
+        let unscheduled = DeliveryRecord {
+            next_attempt_ms: None,
+            ..record
+        };
+        assert!(!unscheduled.is_due(9_000));
     }
 }

@@ -230,7 +230,8 @@ impl Supervisor {
                 break;
             };
             let record = match self.deliveries.outbox().delivery(&id) {
-                Ok(Some(record)) if record.status == DeliveryStatus::Pending => record,
+                // Read after the scan: an attempt that ended since has already moved it on.
+                Ok(Some(record)) if record.is_due(now) => record,
                 Ok(_) => continue,
                 Err(error) => {
                     tracing::error!(%error, "cannot read a webhook delivery");
