@@ -1,7 +1,8 @@
 //! Webhook delivery figures: how many deliveries per second the worker completes to a local
 //! HTTPS receiver, and how long `POST /events` takes with the outbox flush.
 //!
-//! Phase 1 fills the outbox with `DELIVERIES` pending deliveries (events fanned out to
+//! Phase 0 measures the peer: the same number of bare POSTs through the same receiver client,
+//! as many connections as the worker may use, nothing else. Phase 1 fills the outbox with `DELIVERIES` pending deliveries (events fanned out to
 //! `SUBSCRIPTIONS` subscriptions of one organization, all pointing at one in-process HTTPS
 //! receiver that answers `204` at once), then starts the real worker and measures until every
 //! delivery is both received and recorded as delivered. Phase 2 posts `EVENTS` events through
@@ -38,6 +39,7 @@ use portcullis::internal::InternalServer;
 use portcullis::policy::Policy;
 use portcullis::state::{unix_now, State};
 use portcullis::webhooks::delivery::DeliveryStatus;
+use portcullis::webhooks::destination::ReceiverClient;
 use portcullis::webhooks::outbox::NewEvent;
 use tokio::net::TcpListener;
 
@@ -102,10 +104,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     drop(ingest_sub);
 
-    // Phase 1: a full outbox, then the worker.
+    // Phase 0, the peer: the same number of POSTs of the same body to the same receiver,
+    // through the same receiver client and as many connections as the worker may use, with
+    // nothing else (no outbox, no signing, no records): the transport's ceiling here.
     let data = br#"{"note":{"id":"n-1","status":"signed","author":"dr-42","pages":3}}"#;
-    let fill = Instant::now();
     let per_event = ids.len() as u64;
+    let total = deliveries.div_ceil(per_event) * per_event;
+    let connections = (subscriptions as usize * endpoint_concurrency).min(max_in_flight);
+    let bare = ReceiverClient::new(true, Some(&pki.ca), Duration::from_secs(15))?;
+    let claimed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut posters = Vec::new();
+    for _ in 0..connections {
+        let (bare, claimed, url) = (bare.clone(), claimed.clone(), url.clone());
+        posters.push(tokio::spawn(async move {
+            while claimed.fetch_add(1, Ordering::SeqCst) < total {
+                let answer = bare
+                    .post(&url, Vec::new(), Bytes::from_static(data))
+                    .await
+                    .expect("the receiver answers");
+                assert_eq!(answer.status, StatusCode::NO_CONTENT);
+            }
+        }));
+    }
+    for poster in posters {
+        poster.await?;
+    }
+    let peer = started.elapsed();
+    println!(
+        "peer: {total} bare POSTs over {connections} connections (same client, receiver and \
+         body): {:.2} s = {:.0}/s",
+        peer.as_secs_f64(),
+        total as f64 / peer.as_secs_f64(),
+    );
+    let baseline = received.load(Ordering::SeqCst);
+
+    // Phase 1: a full outbox, then the worker.
+    let fill = Instant::now();
     for _ in 0..deliveries.div_ceil(per_event) {
         let event = NewEvent {
             org: "bench",
@@ -117,14 +152,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .outbox()
             .accept(&event, &ids, state.deliveries.now_ms())?;
     }
-    let total = deliveries.div_ceil(per_event) * per_event;
     println!(
         "outbox filled with {total} deliveries in {:.2} s",
         fill.elapsed().as_secs_f64()
     );
     let started = Instant::now();
     let worker = portcullis::webhooks::worker::start(&state);
-    while received.load(Ordering::SeqCst) < total {
+    while received.load(Ordering::SeqCst) < baseline + total {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let sent = started.elapsed();
@@ -141,11 +175,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "worker: {total} deliveries to {subscriptions} subscriptions x {endpoint_concurrency} in flight \
          (one local HTTPS receiver): \
-         all received in {:.2} s = {:.0}/s; all recorded delivered in {:.2} s = {:.0}/s",
+         all received in {:.2} s = {:.0}/s; all recorded delivered in {:.2} s = {:.0}/s \
+         ({:.2}x the peer's time)",
         sent.as_secs_f64(),
         total as f64 / sent.as_secs_f64(),
         recorded.as_secs_f64(),
         total as f64 / recorded.as_secs_f64(),
+        recorded.as_secs_f64() / peer.as_secs_f64(),
     );
 
     // Phase 2: ingest latency with the flush, while the worker delivers what comes in.

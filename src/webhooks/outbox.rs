@@ -9,14 +9,16 @@
 //! |---|---|---|
 //! | `e` event id | header length, header JSON, nonce, sealed data | the attempt body |
 //! | `d` delivery id | [`DeliveryRecord`] JSON | the record |
-//! | `q` due ms (BE) delivery id | empty | due pending deliveries, oldest first |
+//! | `q` due ms (BE) delivery id | subscription id | due pending deliveries, oldest first |
 //! | `a` org 0x00 created ms (BE) delivery id | empty | a tenant's deliveries, newest first |
 //! | `s` org 0x00 status 0x00 created ms (BE) delivery id | empty | the same, by status |
 //! | `g` status 0x00 created ms (BE) delivery id | org | every tenant's, by status (DLQ) |
 //! | `m` name | bytes | small state such as the audit stream's high-water mark |
 //!
 //! Organization ids never contain `0x00`, so one tenant's keys can never be read as
-//! another's. The worker finds work through `q` only, never by scanning records.
+//! another's. The worker finds work through `q` only, never by scanning records, and the
+//! subscription id beside each entry lets it pass over a saturated endpoint's backlog without
+//! reading those records (an entry written empty by an earlier version reads as "unknown").
 //!
 //! **Data at rest.** The event's `data` is PHI by nature: it is sealed with
 //! XChaCha20-Poly1305 under the idempotency key file (the shared sealing code), bound to the
@@ -30,6 +32,7 @@
 //! the next attempt but not flushed one by one; a crash can lose the last ~500 ms of them,
 //! which at worst repeats an attempt (at-least-once, never lost).
 
+use std::ops::ControlFlow;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crate::gate::idempotency::seal::{SealKeys, NONCE_LEN};
@@ -63,6 +66,22 @@ pub enum OutboxError {
     /// The data could not be sealed.
     #[error(transparent)]
     Seal(#[from] crate::gate::idempotency::seal::SealError),
+}
+
+/// An entry of the due index, borrowed from the store: enough for the worker to decide
+/// whether the delivery can start before it reads the record.
+#[derive(Debug, Clone, Copy)]
+pub struct Due<'a> {
+    key: &'a [u8],
+    /// The subscription it goes to, when the entry names it.
+    pub subscription_id: Option<&'a str>,
+}
+
+impl Due<'_> {
+    /// The delivery.
+    pub fn id(&self) -> Result<DeliveryId, StoreError> {
+        id_from_key(self.key)
+    }
 }
 
 /// A new event, validated, on its way into the outbox.
@@ -248,15 +267,40 @@ impl Outbox {
         self.tree.get_json(&delivery_key(id))
     }
 
-    /// Pending deliveries due at or before `now_ms`, oldest first, at most `budget` of them.
-    pub fn due(&self, now_ms: u64, budget: usize) -> Result<Vec<DeliveryId>, StoreError> {
+    /// Shows `visit` the pending deliveries due at or before `now_ms`, oldest first, at most
+    /// `budget` of them, until it breaks; returns how many it saw. Nothing is copied out:
+    /// the worker looks at many entries per round and starts few.
+    pub fn visit_due(
+        &self,
+        now_ms: u64,
+        budget: usize,
+        mut visit: impl FnMut(Due<'_>) -> ControlFlow<()>,
+    ) -> Result<usize, StoreError> {
         let end = due_key(now_ms.saturating_add(1), None);
+        let mut seen = 0usize;
+        self.tree.visit_range(b"q", &end, |key, value| {
+            if seen == budget {
+                return ControlFlow::Break(());
+            }
+            seen += 1;
+            visit(Due {
+                key,
+                subscription_id: std::str::from_utf8(value).ok().filter(|s| !s.is_empty()),
+            })
+        })?;
+        Ok(seen)
+    }
+
+    /// The ids [`Outbox::visit_due`] would show, copied out.
+    #[cfg(test)]
+    fn due(&self, now_ms: u64, budget: usize) -> Vec<(DeliveryId, Option<String>)> {
         let mut found = Vec::new();
-        for entry in self.tree.range(b"q", &end).take(budget) {
-            let (key, _) = entry?;
-            found.push(id_from_key(&key)?);
-        }
-        Ok(found)
+        self.visit_due(now_ms, budget, |due| {
+            found.push((due.id().unwrap(), due.subscription_id.map(str::to_owned)));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        found
     }
 
     /// When the earliest pending delivery is due (unix ms), if any is pending.
@@ -293,12 +337,12 @@ impl Outbox {
         let mut writes: Vec<Write> = Vec::with_capacity(8);
         index_writes(&old, false, &mut writes);
         index_writes(&new, true, &mut writes);
+        drop_unchanged(&mut writes);
         writes.push((delivery_key(id), Some(encode(&new)?)));
         if old.status.needs_data() && !new.status.needs_data() {
             self.release_event(&new, &mut writes)?;
         }
-        // The `a` entry never changes: only the old status and due entries are removed, and
-        // the new record's entries (the same `a` one among them) are written.
+        // Only the entries that differ are written: a retry moves the `q` entry alone.
         self.tree.write_batch(&writes)?;
         Ok(Some(new))
     }
@@ -500,6 +544,9 @@ impl Outbox {
             vec![(event_key(&id), Some(self.seal_event(&header, event.data)?))];
         for (delivery, subscription) in deliveries.iter().zip(subscriptions) {
             let record = new_record(delivery, &id, event, subscription, now_ms);
+            let mut key = org_prefix(&record.org);
+            push_position(&mut key, &record);
+            writes.push((key, Some(Vec::new())));
             index_writes(&record, true, &mut writes);
             writes.push((delivery_key(delivery), Some(encode(&record)?)));
         }
@@ -561,15 +608,10 @@ fn encode(record: &DeliveryRecord) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(record).map_err(|_| StoreError::Encode { tree: OUTBOX_TREE })
 }
 
-/// The index entries of `record`: inserted when `insert`, else removed. The `a` entry never
-/// changes, so it is only ever inserted.
+/// The index entries of `record` that move with its status and due time: inserted when
+/// `insert`, else removed. (Its `a` entry never changes; [`Outbox::accept`] writes it once.)
 fn index_writes(record: &DeliveryRecord, insert: bool, writes: &mut Vec<Write>) {
     let value = |bytes: Vec<u8>| insert.then_some(bytes);
-    if insert {
-        let mut key = org_prefix(&record.org);
-        push_position(&mut key, record);
-        writes.push((key, Some(Vec::new())));
-    }
     let mut key = org_status_prefix(&record.org, record.status);
     push_position(&mut key, record);
     writes.push((key, value(Vec::new())));
@@ -578,7 +620,35 @@ fn index_writes(record: &DeliveryRecord, insert: bool, writes: &mut Vec<Write>) 
     writes.push((key, value(record.org.as_bytes().to_vec())));
     if record.status == DeliveryStatus::Pending {
         if let Some(due) = record.next_attempt_ms {
-            writes.push((due_key(due, Some(&record.id)), value(Vec::new())));
+            writes.push((
+                due_key(due, Some(&record.id)),
+                value(record.subscription_id.as_bytes().to_vec()),
+            ));
+        }
+    }
+}
+
+/// Drops each removal whose key the same batch inserts again, with that insert: an index
+/// entry's value follows from its key and the record's fixed fields (org, subscription), so
+/// the entry is already there as it would be written.
+fn drop_unchanged(writes: &mut Vec<Write>) {
+    let mut i = 0;
+    while i < writes.len() {
+        let twin = (writes[i].1.is_none())
+            .then(|| {
+                writes
+                    .iter()
+                    .position(|(key, value)| value.is_some() && *key == writes[i].0)
+            })
+            .flatten();
+        match twin {
+            Some(j) => {
+                let (first, second) = if i < j { (i, j) } else { (j, i) };
+                writes.remove(second);
+                writes.remove(first);
+                i = first;
+            }
+            None => i += 1,
         }
     }
 }
@@ -652,6 +722,14 @@ fn id_from_key(key: &[u8]) -> Result<DeliveryId, StoreError> {
 mod tests {
     use super::*;
 
+    fn due_ids(outbox: &Outbox, now_ms: u64, budget: usize) -> Vec<DeliveryId> {
+        outbox
+            .due(now_ms, budget)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     fn open() -> (tempfile::TempDir, Outbox) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -684,8 +762,8 @@ mod tests {
         let stored = outbox.event(&id).unwrap().unwrap();
         assert_eq!(stored.data.as_deref(), Some(&data[..]));
         assert_eq!(stored.header.deliveries, deliveries);
-        assert_eq!(outbox.due(999, 100).unwrap(), Vec::<DeliveryId>::new());
-        let mut due = outbox.due(1_000, 100).unwrap();
+        assert_eq!(due_ids(&outbox, 999, 100), Vec::<DeliveryId>::new());
+        let mut due = due_ids(&outbox, 1_000, 100);
         due.sort();
         let mut expected = deliveries.clone();
         expected.sort();
@@ -747,8 +825,8 @@ mod tests {
             true
         };
         outbox.update(&deliveries[0], retry).unwrap().unwrap();
-        assert_eq!(outbox.due(69_999, 10).unwrap(), vec![deliveries[1].clone()]);
-        assert_eq!(outbox.due(70_000, 10).unwrap().len(), 2);
+        assert_eq!(due_ids(&outbox, 69_999, 10), vec![deliveries[1].clone()]);
+        assert_eq!(due_ids(&outbox, 70_000, 10).len(), 2);
 
         let finish = |status| {
             move |r: &mut DeliveryRecord| {
@@ -763,14 +841,14 @@ mod tests {
         outbox
             .update(&deliveries[1], finish(DeliveryStatus::Delivered))
             .unwrap();
-        assert!(outbox.due(u64::MAX - 1, 10).unwrap().is_empty());
+        assert!(due_ids(&outbox, u64::MAX - 1, 10).is_empty());
         // The dead delivery keeps the data for a redelivery...
         assert!(outbox.event(&event_id).unwrap().is_some());
         assert_eq!(outbox.count(DeliveryStatus::Dead), 1);
         let moved = outbox.redeliver(None, Some("acme"), 99).unwrap();
         assert_eq!(moved.len(), 1);
         assert_eq!(moved[0].attempts, 0);
-        assert_eq!(outbox.due(99, 10).unwrap(), vec![deliveries[0].clone()]);
+        assert_eq!(due_ids(&outbox, 99, 10), vec![deliveries[0].clone()]);
         // ...and once it is delivered, the data is gone.
         outbox
             .update(&deliveries[0], finish(DeliveryStatus::Delivered))
@@ -778,6 +856,51 @@ mod tests {
         assert!(outbox.event(&event_id).unwrap().is_none());
         assert_eq!(outbox.count(DeliveryStatus::Delivered), 2);
         assert_eq!(outbox.count(DeliveryStatus::Pending), 0);
+    }
+
+    #[test]
+    fn due_entries_name_their_subscription_and_a_retry_rewrites_only_what_moved() {
+        let (_dir, outbox) = open();
+        let subs = subs(2);
+        let (_, deliveries) = outbox.accept(&event("acme", b"{}"), &subs, 10).unwrap();
+        let due = outbox.due(10, 10);
+        let named: Vec<Option<&str>> = due.iter().map(|(_, sub)| sub.as_deref()).collect();
+        assert!(named.contains(&Some(subs[0].as_str())));
+        assert!(named.contains(&Some(subs[1].as_str())));
+        let before = outbox.tree.len();
+        let mut writes: Vec<Write> = Vec::new();
+        let old = outbox.delivery(&deliveries[0]).unwrap().unwrap();
+        let mut new = old.clone();
+        new.attempts = 1;
+        new.next_attempt_ms = Some(70_000);
+        index_writes(&old, false, &mut writes);
+        index_writes(&new, true, &mut writes);
+        drop_unchanged(&mut writes);
+        assert_eq!(
+            writes.len(),
+            2,
+            "the old due entry out, the new one in: {writes:?}"
+        );
+        assert!(writes.iter().all(|(key, _)| key.first() == Some(&b'q')));
+        outbox
+            .update(&deliveries[0], |r| {
+                *r = new.clone();
+                true
+            })
+            .unwrap();
+        assert_eq!(outbox.tree.len(), before, "no index entry lost or doubled");
+        assert_eq!(due_ids(&outbox, 69_999, 10), vec![deliveries[1].clone()]);
+    }
+
+    #[test]
+    fn an_empty_due_entry_from_an_earlier_version_reads_as_unknown() {
+        let (_dir, outbox) = open();
+        let (_, deliveries) = outbox.accept(&event("acme", b"{}"), &subs(1), 10).unwrap();
+        outbox
+            .tree
+            .insert(&due_key(10, Some(&deliveries[0])), &[])
+            .unwrap();
+        assert_eq!(outbox.due(10, 10), vec![(deliveries[0].clone(), None)]);
     }
 
     #[test]
@@ -819,7 +942,7 @@ mod tests {
         let record = outbox.delivery(&b[0]).unwrap().unwrap();
         assert_eq!(record.status, DeliveryStatus::Failed);
         assert_eq!(record.last_error, Some(FailureKind::Gone));
-        assert_eq!(outbox.due(10, 10).unwrap(), vec![a[0].clone()]);
+        assert_eq!(due_ids(&outbox, 10, 10), vec![a[0].clone()]);
     }
 
     #[test]

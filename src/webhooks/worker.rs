@@ -4,7 +4,9 @@
 //! - **Finding work.** Due deliveries come from the outbox's `(due time, delivery id)` index,
 //!   oldest first: a short scan just past the deliveries in flight, and when that finds too
 //!   little a deep one of up to [`SCAN_BUDGET`] entries, at most every [`DEEP_SCAN_EVERY`].
-//!   No record is scanned to find work.
+//!   No record is scanned to find work: each due entry names its subscription, so entries
+//!   of a saturated endpoint are passed over unread, and a record is read (and checked to be
+//!   still due) only when its delivery is about to start.
 //! - **Bounds.** `webhooks.max_in_flight` attempts over all subscriptions, and
 //!   `webhooks.endpoint_concurrency` per subscription. A subscription at its bound is skipped
 //!   for the round (its deliveries stay due) and the scan goes on to the next delivery, so
@@ -28,6 +30,7 @@
 //! name delivery and subscription ids, statuses and fixed error kinds.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -48,6 +51,10 @@ use crate::state::State;
 
 /// Most due entries one round looks at.
 pub const SCAN_BUDGET: usize = 4096;
+
+/// Free slots one short scan looks for (twice over, as entries of saturated endpoints are
+/// passed over), however many are free: rounds are frequent, so each stays short.
+const QUICK_SLOTS: usize = 32;
 
 /// Longest the supervisor sleeps between looks, so a moved clock or a missed wake-up costs
 /// at most this long.
@@ -155,17 +162,23 @@ impl Supervisor {
         let now = self.deliveries.now_ms();
         // In-flight deliveries sit at the head of the due index: a first, short scan looks
         // just past them; only if it finds too little does a second one go deep, so that a
-        // backlog of one saturated endpoint cannot hide other endpoints' work.
-        let quick = (self.deliveries.in_flight() + 2 * free + 64).min(SCAN_BUDGET);
-        let (mut scanned, mut started) = match self.start_due(state, &client, &global, now, quick) {
-            Ok(counts) => counts,
+        // backlog of one saturated endpoint cannot hide other endpoints' work. The short scan
+        // stays short even with many free slots: every finished attempt starts a round, and
+        // each entry the store's iterator steps over costs about a microsecond, so a long
+        // head scan per attempt once took a fifth of the worker's CPU. Work it leaves behind
+        // is found by the next round or the deep scan.
+        let quick = (self.deliveries.in_flight() + 2 * free.min(QUICK_SLOTS) + QUICK_SLOTS)
+            .min(SCAN_BUDGET);
+        let head = match self.start_due(state, &client, &global, now, quick, true) {
+            Ok(scan) => scan,
             Err(error) => {
                 tracing::error!(%error, "cannot read the webhook outbox");
                 return STORE_BACKOFF;
             }
         };
+        let (mut scanned, mut started) = (head.scanned, head.started);
         let mut deep_wait = None;
-        if scanned == quick && quick < SCAN_BUDGET && started < free {
+        if !head.complete && quick < SCAN_BUDGET && started < free {
             if let Some(left) = self
                 .deep_scanned
                 .and_then(|at| DEEP_SCAN_EVERY.checked_sub(at.elapsed()))
@@ -174,10 +187,10 @@ impl Supervisor {
                 deep_wait = Some(left);
             } else {
                 self.deep_scanned = Some(Instant::now());
-                match self.start_due(state, &client, &global, now, SCAN_BUDGET) {
-                    Ok((deep, more)) => {
-                        scanned = deep;
-                        started += more;
+                match self.start_due(state, &client, &global, now, SCAN_BUDGET, false) {
+                    Ok(deep) => {
+                        scanned = deep.scanned;
+                        started += deep.started;
                     }
                     Err(error) => {
                         tracing::error!(%error, "cannot read the webhook outbox");
@@ -202,8 +215,9 @@ impl Supervisor {
         }
     }
 
-    /// Starts attempts for the first `budget` due deliveries that the bounds allow; returns
-    /// how many entries were looked at and how many attempts started.
+    /// Starts attempts for the first `budget` due deliveries that the bounds allow. With
+    /// `stop_when_saturated`, stops as soon as every subscription it knows is at its bound
+    /// (work of one it has not seen yet is left to the deep scan).
     fn start_due(
         &mut self,
         state: &Arc<State>,
@@ -211,7 +225,8 @@ impl Supervisor {
         global: &Arc<Semaphore>,
         now: u64,
         budget: usize,
-    ) -> Result<(usize, usize), crate::store::StoreError> {
+        stop_when_saturated: bool,
+    ) -> Result<Scan, crate::store::StoreError> {
         let endpoint_concurrency = state
             .policies
             .current()
@@ -219,35 +234,74 @@ impl Supervisor {
             .webhooks
             .endpoint_concurrency
             .max(1);
-        let due = self.deliveries.outbox().due(now, budget)?;
-        let scanned = due.len();
         let mut started = 0usize;
-        for id in due {
+        let mut failure = None;
+        let mut stopped = false;
+        // Free slots of the subscriptions seen so far, counted once: slots that free up during
+        // the scan ring the bell for another round.
+        let mut known_free =
+            (stop_when_saturated && !self.per_subscription.is_empty()).then(|| {
+                self.per_subscription
+                    .values()
+                    .map(|local| local.available_permits())
+                    .sum::<usize>()
+            });
+        let scanned = self.deliveries.outbox().visit_due(now, budget, |due| {
+            if known_free == Some(0) {
+                stopped = true;
+                return ControlFlow::Break(());
+            }
+            // A saturated endpoint's backlog is passed over without reading its records.
+            if due
+                .subscription_id
+                .and_then(|sub| self.per_subscription.get(sub))
+                .is_some_and(|local| local.available_permits() == 0)
+            {
+                return ControlFlow::Continue(());
+            }
+            let id = match due.id() {
+                Ok(id) => id,
+                Err(error) => {
+                    failure = Some(error);
+                    return ControlFlow::Break(());
+                }
+            };
             if self.deliveries.is_in_flight(&id) {
-                continue;
+                return ControlFlow::Continue(());
             }
             let Ok(global_permit) = global.clone().try_acquire_owned() else {
-                break;
+                stopped = true;
+                return ControlFlow::Break(());
             };
             let record = match self.deliveries.outbox().delivery(&id) {
                 // Read after the scan: an attempt that ended since has already moved it on.
                 Ok(Some(record)) if record.is_due(now) => record,
-                Ok(_) => continue,
+                Ok(_) => return ControlFlow::Continue(()),
                 Err(error) => {
                     tracing::error!(%error, "cannot read a webhook delivery");
-                    continue;
+                    return ControlFlow::Continue(());
                 }
             };
-            let local = self
-                .per_subscription
-                .entry(record.subscription_id.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(endpoint_concurrency)))
-                .clone();
-            let Ok(local_permit) = local.try_acquire_owned() else {
-                continue;
+            let local = match self.per_subscription.get(&record.subscription_id) {
+                Some(local) => local.clone(),
+                None => {
+                    let local = Arc::new(Semaphore::new(endpoint_concurrency));
+                    self.per_subscription
+                        .insert(record.subscription_id.clone(), local.clone());
+                    if let Some(free) = known_free.as_mut() {
+                        *free += endpoint_concurrency;
+                    }
+                    local
+                }
             };
+            let Ok(local_permit) = local.try_acquire_owned() else {
+                return ControlFlow::Continue(());
+            };
+            if let Some(free) = known_free.as_mut() {
+                *free = free.saturating_sub(1);
+            }
             if !self.deliveries.begin(&id) {
-                continue;
+                return ControlFlow::Continue(());
             }
             let attempt = Attempt {
                 state: state.clone(),
@@ -257,8 +311,16 @@ impl Supervisor {
             };
             self.attempts.spawn(attempt.run());
             started += 1;
+            ControlFlow::Continue(())
+        })?;
+        if let Some(error) = failure {
+            return Err(error);
         }
-        Ok((scanned, started))
+        Ok(Scan {
+            scanned,
+            started,
+            complete: !stopped && scanned < budget,
+        })
     }
 
     /// Sets the dead-letter queue gauge every [`DLQ_GAUGE_EVERY`] (a walk of the dead index,
@@ -326,6 +388,16 @@ impl Supervisor {
                 .retain(|_, semaphore| Arc::strong_count(semaphore) > 1);
         }
     }
+}
+
+/// What one pass over the due index did.
+struct Scan {
+    /// Entries looked at.
+    scanned: usize,
+    /// Attempts started.
+    started: usize,
+    /// Whether it saw every due entry (nothing due was left unlooked-at).
+    complete: bool,
 }
 
 /// One attempt of one delivery.
