@@ -193,11 +193,21 @@ impl Hooks {
         token: Option<&str>,
         body: impl Into<Bytes>,
     ) -> (StatusCode, Value, http::HeaderMap) {
+        self.post_authorized(token.map(|t| format!("Bearer {t}")).as_deref(), body)
+            .await
+    }
+
+    /// `POST /events` with `authorization` as the whole `Authorization` value.
+    async fn post_authorized(
+        &self,
+        authorization: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> (StatusCode, Value, http::HeaderMap) {
         let port = self.internal.as_ref().unwrap().local_addr().port();
         let mut request = Request::post(format!("http://127.0.0.1:{port}/events"))
             .header("content-type", "application/json");
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
         }
         let response = self
             .plain
@@ -454,6 +464,9 @@ fn assert_problem_doc(
     assert_eq!(value["status"], want.as_u16());
     assert_eq!(headers["content-type"], "application/problem+json");
     assert!(headers.contains_key("x-request-id"));
+    if want == StatusCode::UNAUTHORIZED {
+        assert_eq!(headers["www-authenticate"], "Bearer", "{value}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,6 +500,21 @@ async fn ingest_refuses_bad_tokens_bodies_organizations_and_types() {
         StatusCode::UNAUTHORIZED,
         "auth.invalid",
     );
+    let (status, value, headers) = hooks
+        .post_authorized(Some(&format!("Basic {TOKEN}")), good.clone())
+        .await;
+    assert_problem_doc(
+        status,
+        &value,
+        &headers,
+        StatusCode::UNAUTHORIZED,
+        "auth.missing",
+    );
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let (status, value, _) = hooks
+        .post_authorized(Some(&format!("bearer {TOKEN}")), good.clone())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{value}");
 
     let cases = [
         (

@@ -156,8 +156,9 @@ fn find_credential<'a>(headers: &'a HeaderMap, accepted: &[CredentialHeader]) ->
     }
 }
 
-/// `Bearer <token>` with a case-insensitive scheme (RFC 6750 §2.1).
-fn bearer_token(value: &str) -> Option<&str> {
+/// `Bearer <token>` with a case-insensitive scheme (RFC 6750 §2.1); shared with the
+/// internal listener's token check so both read the header the same way.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))

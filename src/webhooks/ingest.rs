@@ -148,9 +148,7 @@ async fn authorize(
     let Some(presented) = headers
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
+        .and_then(crate::gate::authn::bearer_token)
     else {
         return Err(problem(
             ProblemCode::AuthMissing,
