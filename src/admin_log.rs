@@ -1,5 +1,6 @@
 //! The record of administrative actions: who minted, rotated or revoked which key, who
-//! changed an organization or recorded BAA evidence, and when.
+//! changed an organization or recorded BAA evidence, who reloaded the policy (and which file
+//! went into service, or was refused), when a renewed certificate was picked up, and when.
 //!
 //! Entries are numbered by a sequence that only grows, also across restarts, and are stored
 //! under the big-endian sequence number so the tree's order is the log's order. Each entry
@@ -41,6 +42,15 @@ pub enum AdminActionKind {
     /// Dead webhook deliveries were put back in the queue (`target`: the delivery id's hex
     /// part for one delivery, the organization for a whole dead-letter queue).
     WebhookRedelivered,
+    /// The policy file was reloaded and is in service (`target`: the first 32 hex digits of
+    /// the SHA-256 of the file as read, so the change can be matched to a version).
+    PolicyReloaded,
+    /// A reload was refused and the running policy stayed (`target`: the same digest of the
+    /// refused file, or `unreadable`).
+    PolicyReloadRefused,
+    /// Renewed certificate files were put into service without a reload (`target`: the first
+    /// 32 hex digits of the new leaf certificate's SHA-256).
+    CertificateRenewed,
 }
 
 /// One administrative action.

@@ -307,7 +307,7 @@ fn spawn_reload_on_hangup(
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             tracing::info!("SIGHUP received");
-            reloader.reload(ReloadTrigger::Signal).await;
+            reloader.reload(ReloadTrigger::Signal, "sighup").await;
         }
     })
 }

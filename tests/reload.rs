@@ -15,6 +15,7 @@ use common::*;
 use http::{Method, Request, Response, StatusCode};
 use portcullis::admin::protocol::ReloadView;
 use portcullis::admin::AdminServer;
+use portcullis::admin_log::AdminActionKind;
 use portcullis::body::{empty_body, full_body};
 use portcullis::config::Config;
 use portcullis::keys::Env;
@@ -124,7 +125,7 @@ impl Live {
     /// Writes `text` as the policy file and reloads it.
     async fn reload_with(&self, text: &str) -> portcullis::reload::ReloadOutcome {
         std::fs::write(&self.policy, text).unwrap();
-        self.reloader.reload(ReloadTrigger::Signal).await
+        self.reloader.reload(ReloadTrigger::Signal, "sighup").await
     }
 
     async fn shutdown(mut self) {
@@ -578,7 +579,10 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes() {
     // A new pair from a second CA for the same names, under the same file names.
     replace_file(&second.key, &live.pki.paths.key);
     replace_file(&second.cert, &live.pki.paths.cert);
-    let outcome = live.reloader.reload(ReloadTrigger::AdminSocket).await;
+    let outcome = live
+        .reloader
+        .reload(ReloadTrigger::AdminSocket, "uid:0")
+        .await;
     let renewed = file_fingerprint(&second.cert, &second.key);
     assert_ne!(renewed, original);
     assert_eq!(outcome.result.unwrap().certificate_sha256, renewed);
@@ -658,7 +662,34 @@ async fn renewed_files_are_picked_up_without_a_signal_and_a_half_written_pair_wa
     // ...until the matching key arrives.
     std::fs::copy(&third.key, dir.join("archive/key3.pem")).unwrap();
     repoint(&live_key, dir.join("archive/key3.pem"));
-    wait_for_fingerprint(live.addr, &cas, &file_fingerprint(&third.cert, &third.key)).await;
+    let last = file_fingerprint(&third.cert, &third.key);
+    wait_for_fingerprint(live.addr, &cas, &last).await;
+
+    // Each swap is in the admin log with the certificate's digest; the half pair is not.
+    let want = vec![
+        ("portcullis".to_owned(), last[..32].to_owned()),
+        ("portcullis".to_owned(), renewed[..32].to_owned()),
+    ];
+    let started = Instant::now();
+    loop {
+        let renewals: Vec<(String, String)> = live
+            .state
+            .admin_log
+            .list(50)
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.action == AdminActionKind::CertificateRenewed)
+            .map(|a| (a.actor, a.target))
+            .collect();
+        if renewals == want {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{renewals:?} != {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     live.shutdown().await;
 }
 
@@ -868,6 +899,7 @@ async fn sighup_and_the_reload_command_reload_a_running_binary() {
 
     // SIGHUP with policy B.
     std::fs::write(&policy, &text_b).unwrap();
+    let digest_b = sha256_hex(text_b.as_bytes());
     running.signal("HUP");
     running.wait_for_line("policy reloaded");
     assert_eq!(backend_of(&send(&client, get("/v1/echo/x")).await.0), "b");
@@ -877,7 +909,8 @@ async fn sighup_and_the_reload_command_reload_a_running_binary() {
     );
 
     // SIGHUP with a broken file: refused, logged at warn with the reason, B keeps serving.
-    std::fs::write(&policy, text_a.replacen("127.0.0.1:0", "127.0.0.1:1", 1)).unwrap();
+    let moved = text_a.replacen("127.0.0.1:0", "127.0.0.1:1", 1);
+    std::fs::write(&policy, &moved).unwrap();
     running.signal("HUP");
     let line = running.wait_for_line("reload refused");
     assert!(
@@ -887,15 +920,12 @@ async fn sighup_and_the_reload_command_reload_a_running_binary() {
     assert_eq!(backend_of(&send(&client, get("/v1/echo/x")).await.0), "b");
 
     // `portcullis reload` with a broken file: exit 1, every reason printed.
-    std::fs::write(
-        &policy,
-        text_a.replacen("127.0.0.1:0", "127.0.0.1:1", 1).replacen(
-            &pki.paths.key.display().to_string().replace(&dir, ""),
-            "/nonexistent/key.pem",
-            1,
-        ),
-    )
-    .unwrap();
+    let keyless = moved.replacen(
+        &pki.paths.key.display().to_string().replace(&dir, ""),
+        "/nonexistent/key.pem",
+        1,
+    );
+    std::fs::write(&policy, &keyless).unwrap();
     let socket = pki.dir.path().join("admin.sock");
     let out = portcullis_cli(&["reload", "--admin-socket", socket.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -944,6 +974,57 @@ async fn sighup_and_the_reload_command_reload_a_running_binary() {
     ]);
     let view: ReloadView = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(view.generation, 3);
+    assert_eq!(view.policy_sha256, sha256_hex(text_a.as_bytes()));
+
+    // Every reload the instance was asked for is in the admin log, with who asked and which
+    // file it read (the unparsable one was refused by the CLI and never reached it).
+    let out = portcullis_cli(&[
+        "admin-log",
+        "--json",
+        "--admin-socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reloads: Vec<(String, String, String)> = list["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"].as_str().unwrap().starts_with("policy_"))
+        .map(|a| {
+            let field = |name: &str| a[name].as_str().unwrap().to_owned();
+            (field("action"), field("actor"), field("target"))
+        })
+        .collect();
+    let uid = format!(
+        "uid:{}",
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&policy).unwrap())
+    );
+    let short = |hex: &str| hex[..32].to_owned();
+    let digest_a = sha256_hex(text_a.as_bytes());
+    assert_eq!(
+        reloads,
+        [
+            ("policy_reloaded".into(), uid.clone(), short(&digest_a)),
+            ("policy_reloaded".into(), uid.clone(), short(&digest_a)),
+            (
+                "policy_reload_refused".into(),
+                uid.clone(),
+                short(&sha256_hex(keyless.as_bytes()))
+            ),
+            (
+                "policy_reload_refused".into(),
+                "sighup".into(),
+                short(&sha256_hex(moved.as_bytes()))
+            ),
+            ("policy_reloaded".into(), "sighup".into(), short(&digest_b)),
+        ],
+        "newest first"
+    );
 
     running.signal("TERM");
     running.wait_for_line("portcullis stopped");

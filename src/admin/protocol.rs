@@ -562,6 +562,8 @@ pub struct ReloadView {
     pub generation: u64,
     /// Routes in the policy now in service.
     pub routes: usize,
+    /// SHA-256 (hex) of the policy file as it was read.
+    pub policy_sha256: String,
     /// SHA-256 (hex) of the certificate new handshakes get.
     pub certificate_sha256: String,
 }

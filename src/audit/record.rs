@@ -433,6 +433,9 @@ pub fn admin_action_name(action: AdminActionKind) -> &'static str {
         AdminActionKind::HipaaModeSet => "hipaa_mode_set",
         AdminActionKind::BaaRecorded => "baa_recorded",
         AdminActionKind::WebhookRedelivered => "webhook_redelivered",
+        AdminActionKind::PolicyReloaded => "policy_reloaded",
+        AdminActionKind::PolicyReloadRefused => "policy_reload_refused",
+        AdminActionKind::CertificateRenewed => "certificate_renewed",
     }
 }
 

@@ -15,7 +15,10 @@
 //! actually changed starts a bucket of the new shape.
 //!
 //! Reloads are serialized, so a SIGHUP and a CLI call never interleave, and each is framed by
-//! `RELOADING=1` … `READY=1` for the service manager ([`Notifier`]).
+//! `RELOADING=1` … `READY=1` for the service manager ([`Notifier`]). Every reload, applied or
+//! refused, is an entry of the admin log (and so of the audit trail) naming who asked
+//! (`sighup`, or the admin socket's `uid:<n>`) and the SHA-256 of the file it read: a
+//! security team can tell which policy was in force when.
 
 pub mod fixed;
 
@@ -25,7 +28,10 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 use tokio::sync::Mutex;
 
-use crate::config::{Config, ConfigError};
+use sha2::{Digest, Sha256};
+
+use crate::admin_log::AdminActionKind;
+use crate::config::{Config, ConfigError, SourceText};
 use crate::metrics::ReloadResult;
 use crate::notify::Notifier;
 use crate::policy::{Policy, PolicyError};
@@ -78,6 +84,8 @@ pub enum ReloadProblem {
 pub struct ReloadError {
     /// Every reason found.
     pub problems: Vec<ReloadProblem>,
+    /// SHA-256 (hex) of the refused file as read, when it could be read.
+    pub policy_sha256: Option<String>,
 }
 
 impl ReloadError {
@@ -102,6 +110,8 @@ pub struct Reloaded {
     pub generation: u64,
     /// Routes in the new policy.
     pub routes: usize,
+    /// SHA-256 (hex) of the policy file as read.
+    pub policy_sha256: String,
     /// SHA-256 of the certificate now served (see [`tls::fingerprint`]).
     pub certificate_sha256: String,
 }
@@ -135,6 +145,7 @@ impl ReloadOutcome {
 struct Prepared {
     policy: Policy,
     certified: CertifiedKey,
+    policy_sha256: String,
 }
 
 /// Reloads the policy of one running instance.
@@ -183,8 +194,8 @@ impl Reloader {
     }
 
     /// Re-reads the policy file and swaps the policy and certificate in, or changes nothing
-    /// and says why.
-    pub async fn reload(&self, trigger: ReloadTrigger) -> ReloadOutcome {
+    /// and says why; either way records it in the admin log as done by `actor`.
+    pub async fn reload(&self, trigger: ReloadTrigger, actor: &str) -> ReloadOutcome {
         let mut generation = self.generation.lock().await;
         self.notifier.reloading();
         tracing::info!(trigger = trigger.as_str(), config = %self.config_path.display(), "reloading the policy");
@@ -196,14 +207,21 @@ impl Reloader {
             .unwrap_or_else(|error| {
                 Err(ReloadError {
                     problems: vec![ReloadProblem::Internal(error.to_string())],
+                    policy_sha256: None,
                 })
             });
 
-        let result = prepared.map(|Prepared { policy, certified }| {
+        let result = prepared.map(|prepared| {
+            let Prepared {
+                policy,
+                certified,
+                policy_sha256,
+            } = prepared;
             *generation += 1;
             let reloaded = Reloaded {
                 generation: *generation,
                 routes: policy.config.routes.len(),
+                policy_sha256,
                 certificate_sha256: tls::fingerprint(&certified),
             };
             // The certificate first: a request on the new policy never meets the old one.
@@ -219,7 +237,39 @@ impl Reloader {
         } else {
             ReloadResult::Failure
         });
+        self.record(&outcome, actor).await;
         outcome
+    }
+
+    /// Writes the reload into the admin log (and so the audit trail). A failure to record is
+    /// logged; it does not undo a reload that is already serving.
+    async fn record(&self, outcome: &ReloadOutcome, actor: &str) {
+        let (action, target) = match &outcome.result {
+            Ok(reloaded) => (
+                AdminActionKind::PolicyReloaded,
+                short_digest(&reloaded.policy_sha256),
+            ),
+            Err(error) => (
+                AdminActionKind::PolicyReloadRefused,
+                error
+                    .policy_sha256
+                    .as_deref()
+                    .map_or_else(|| "unreadable".to_owned(), short_digest),
+            ),
+        };
+        let state = self.state.clone();
+        let actor = actor.to_owned();
+        let appended = tokio::task::spawn_blocking(move || {
+            state
+                .admin_log
+                .append(action, &actor, &target, None, crate::state::unix_now())
+        })
+        .await;
+        match appended {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the reload is not in the admin log"),
+            Err(error) => tracing::error!(%error, "the reload is not in the admin log"),
+        }
     }
 
     fn report(&self, outcome: &ReloadOutcome) {
@@ -230,6 +280,7 @@ impl Reloader {
                     trigger = outcome.trigger.as_str(),
                     generation = reloaded.generation,
                     routes = reloaded.routes,
+                    policy_sha256 = %reloaded.policy_sha256,
                     certificate_sha256 = %reloaded.certificate_sha256,
                     "policy reloaded; new requests use it"
                 );
@@ -259,9 +310,21 @@ impl Reloader {
 
 /// Loads and checks everything a reload would put into service. Blocking (file reads).
 fn prepare(path: &Path, running: &Config) -> Result<Prepared, ReloadError> {
-    let config = Config::load(path).map_err(|error| ReloadError {
-        problems: vec![ReloadProblem::Config(error)],
+    // Read once: the digest recorded is of exactly the text validated.
+    let text = std::fs::read_to_string(path).map_err(|source| ReloadError {
+        problems: vec![ReloadProblem::Config(ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })],
+        policy_sha256: None,
     })?;
+    let policy_sha256 = hex_digest(text.as_bytes());
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let config =
+        Config::parse(&SourceText::new(path, text), base).map_err(|error| ReloadError {
+            problems: vec![ReloadProblem::Config(error)],
+            policy_sha256: Some(policy_sha256.clone()),
+        })?;
     let mut problems: Vec<ReloadProblem> = fixed::changes(running, &config)
         .into_iter()
         .map(ReloadProblem::Fixed)
@@ -273,9 +336,25 @@ fn prepare(path: &Path, running: &Config) -> Result<Prepared, ReloadError> {
         .map_err(|error| problems.push(ReloadProblem::Policy(error)))
         .ok();
     match (policy, certified) {
-        (Some(policy), Some(certified)) if problems.is_empty() => {
-            Ok(Prepared { policy, certified })
-        }
-        _ => Err(ReloadError { problems }),
+        (Some(policy), Some(certified)) if problems.is_empty() => Ok(Prepared {
+            policy,
+            certified,
+            policy_sha256,
+        }),
+        _ => Err(ReloadError {
+            problems,
+            policy_sha256: Some(policy_sha256),
+        }),
     }
+}
+
+/// SHA-256 of `bytes` as lowercase hex.
+fn hex_digest(bytes: &[u8]) -> String {
+    crate::keys::hex::encode(&Sha256::digest(bytes))
+}
+
+/// The first 32 hex digits of a digest: 128 bits, enough to name a file version, and the
+/// shape of an admin-log target.
+pub fn short_digest(hex: &str) -> String {
+    hex.chars().take(32).collect()
 }

@@ -7,6 +7,8 @@
 //! certificate; anything else (a renewal caught half-written, a key from another pair) keeps
 //! the last good certificate in service and logs one warning per distinct state of the files,
 //! so the next change (the rest of the write) is tried again without filling the log meanwhile.
+//! A swap is an entry of the admin log (`certificate_renewed`, with the new certificate's
+//! digest), as a reload is, so the record shows when each certificate went into service.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -16,7 +18,9 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use super::tls::{self, CertResolver};
+use crate::admin_log::{AdminActionKind, AdminLog};
 use crate::policy::PolicyHandle;
+use crate::state::State;
 
 /// What `stat` reports of one file's target; any difference means the file changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +73,8 @@ impl Seen {
 
 /// Checks the files of the current policy every `server.cert_check_interval` (read afresh
 /// each time, so a reload changes both the paths and the interval) until the task is aborted.
-pub fn spawn(resolver: Arc<CertResolver>, policies: PolicyHandle) -> JoinHandle<()> {
+pub fn spawn(resolver: Arc<CertResolver>, state: Arc<State>) -> JoinHandle<()> {
+    let policies = state.policies.clone();
     tokio::spawn(async move {
         let (cert, key) = paths(&policies);
         // The files as they were when the listener loaded them.
@@ -80,10 +85,12 @@ pub fn spawn(resolver: Arc<CertResolver>, policies: PolicyHandle) -> JoinHandle<
             let interval = policies.current().config.server.cert_check_interval;
             tokio::time::sleep(interval).await;
             let (cert, key) = paths(&policies);
-            let resolver = resolver.clone();
+            let (resolver, state) = (resolver.clone(), state.clone());
             let previous = last.clone();
-            let checked =
-                tokio::task::spawn_blocking(move || check(&resolver, &cert, &key, previous)).await;
+            let checked = tokio::task::spawn_blocking(move || {
+                check(&resolver, &state.admin_log, &cert, &key, previous)
+            })
+            .await;
             match checked {
                 Ok(seen) => last = Some(seen),
                 Err(error) => tracing::warn!(%error, "the certificate check failed"),
@@ -100,7 +107,13 @@ fn paths(policies: &PolicyHandle) -> (PathBuf, PathBuf) {
 
 /// One check: when the files differ from `last`, loads them and, if they make a good pair,
 /// serves them. Returns what was seen. Blocking.
-fn check(resolver: &CertResolver, cert: &Path, key: &Path, last: Option<Seen>) -> Seen {
+fn check(
+    resolver: &CertResolver,
+    admin_log: &AdminLog,
+    cert: &Path,
+    key: &Path,
+    last: Option<Seen>,
+) -> Seen {
     let seen = Seen::now(cert, key);
     if last.as_ref() == Some(&seen) {
         return seen;
@@ -124,6 +137,15 @@ fn check(resolver: &CertResolver, cert: &Path, key: &Path, last: Option<Seen>) -
                     sha256 = %fingerprint,
                     "renewed certificate loaded from its files; new handshakes use it"
                 );
+                if let Err(error) = admin_log.append(
+                    AdminActionKind::CertificateRenewed,
+                    "portcullis",
+                    &crate::reload::short_digest(&fingerprint),
+                    None,
+                    crate::state::unix_now(),
+                ) {
+                    tracing::error!(%error, "the certificate renewal is not in the admin log");
+                }
             }
         }
         Err(error) => tracing::warn!(
@@ -151,21 +173,23 @@ mod tests {
         std::fs::copy(&first.cert, &cert).unwrap();
         std::fs::copy(&first.key, &key).unwrap();
         let resolver = CertResolver::new(tls::load_certified_key(&cert, &key).unwrap());
+        let store = crate::store::Store::open(&dir.path().join("data")).unwrap();
+        let log = AdminLog::open(&store).unwrap();
         let original = tls::fingerprint(&resolver.current());
-        let seen = check(&resolver, &cert, &key, None);
+        let seen = check(&resolver, &log, &cert, &key, None);
 
         // Unchanged files: nothing happens.
-        let seen = check(&resolver, &cert, &key, Some(seen));
+        let seen = check(&resolver, &log, &cert, &key, Some(seen));
         assert_eq!(tls::fingerprint(&resolver.current()), original);
 
         // Half of a renewal: the new certificate with the old key.
         std::fs::copy(&second.cert, &cert).unwrap();
-        let seen = check(&resolver, &cert, &key, Some(seen));
+        let seen = check(&resolver, &log, &cert, &key, Some(seen));
         assert_eq!(tls::fingerprint(&resolver.current()), original);
 
         // The other half arrives.
         std::fs::copy(&second.key, &key).unwrap();
-        let seen = check(&resolver, &cert, &key, Some(seen));
+        let seen = check(&resolver, &log, &cert, &key, Some(seen));
         let renewed = tls::fingerprint(&resolver.current());
         assert_ne!(renewed, original);
         assert_eq!(
@@ -173,9 +197,20 @@ mod tests {
             tls::fingerprint(&tls::load_certified_key(&second.cert, &second.key).unwrap())
         );
 
+        let renewals: Vec<String> = log
+            .list(10)
+            .unwrap()
+            .into_iter()
+            .map(|entry| {
+                assert_eq!(entry.action, AdminActionKind::CertificateRenewed);
+                entry.target
+            })
+            .collect();
+        assert_eq!(renewals, [renewed[..32].to_owned()], "one swap, one entry");
+
         // A missing file keeps what is served.
         std::fs::remove_file(&key).unwrap();
-        let seen = check(&resolver, &cert, &key, Some(seen));
+        let seen = check(&resolver, &log, &cert, &key, Some(seen));
         assert!(matches!(seen, Seen::Unreadable(_)));
         assert_eq!(tls::fingerprint(&resolver.current()), renewed);
     }

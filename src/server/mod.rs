@@ -95,7 +95,7 @@ impl Server {
             ..
         } = self;
         let maintenance = state.spawn_maintenance();
-        let cert_watch = cert_watch::spawn(resolver, state.policies.clone());
+        let cert_watch = cert_watch::spawn(resolver, state.clone());
         let max_connections = state.policies.current().config.server.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
         let graceful = GracefulShutdown::new();

@@ -19,9 +19,11 @@ pub(super) async fn run(client: &AdminClient, out: &Output) -> Result<(), CliErr
     out.reply(&reply, |json| {
         let view: ReloadView = client.decode(json)?;
         Ok(format!(
-            "Reloaded the policy (reload {} since start): {} routes; certificate sha256 {}.\n",
+            "Reloaded the policy (reload {} since start): {} routes; policy sha256 {}; \
+             certificate sha256 {}.\n",
             view.generation,
             view.routes,
+            printable(&view.policy_sha256),
             printable(&view.certificate_sha256)
         ))
     })

@@ -17,7 +17,9 @@ pub(super) async fn reload(ctx: &Context) -> Result<Response<ProxyBody>, AdminPr
         ));
     };
     tracing::info!(uid = ctx.peer.uid, "reload requested over the admin socket");
-    let outcome = reloader.reload(ReloadTrigger::AdminSocket).await;
+    let outcome = reloader
+        .reload(ReloadTrigger::AdminSocket, &ctx.peer.actor())
+        .await;
     let label = outcome.result_label().to_owned();
     match outcome.result {
         Ok(reloaded) => json(
@@ -26,6 +28,7 @@ pub(super) async fn reload(ctx: &Context) -> Result<Response<ProxyBody>, AdminPr
                 result: label,
                 generation: reloaded.generation,
                 routes: reloaded.routes,
+                policy_sha256: reloaded.policy_sha256,
                 certificate_sha256: reloaded.certificate_sha256,
             },
         ),
