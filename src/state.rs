@@ -156,13 +156,14 @@ impl State {
     }
 
     /// One round of housekeeping: sheds idle throttle entries, full buckets and idle quota
-    /// counters, sweeps a batch of expired idempotency records when due, and once a day
-    /// deletes past days' quota rows. Blocking.
+    /// counters, sweeps a batch of expired idempotency records and of webhook deliveries past
+    /// their retention when due, and once a day deletes past days' quota rows. Blocking.
     fn housekeeping(&self) {
         self.throttle.shed_idle();
         self.limits.shed_idle();
-        self.idempotency
-            .sweep_if_due(&self.policies.current().config.idempotency);
+        let policy = self.policies.current();
+        self.idempotency.sweep_if_due(&policy.config.idempotency);
+        self.deliveries.sweep_if_due(&policy.config.webhooks);
         if self.limits.prune_due() {
             if let Err(error) = self.limits.prune_quotas() {
                 tracing::warn!(%error, "cannot prune past days' quota counters");

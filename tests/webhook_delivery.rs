@@ -924,6 +924,94 @@ async fn redeliver_all_dead_moves_only_the_named_organizations_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_ends_the_dead_letter_queue_then_forgets_finished_deliveries() {
+    let hooks =
+        Hooks::start("retry_schedule = [\"1s\"]\ndead_retention = \"2d\"\nretention = \"7d\"")
+            .await;
+    let receiver = Receiver::start(&hooks.pki, 500).await;
+    hooks.subscribe(ORG, &receiver.url(), &["note.signed"]);
+    let (event_id, _) = hooks
+        .post(ORG, "note.signed", json!({"patient": "Jane Roe"}))
+        .await;
+    let event_id: portcullis::webhooks::delivery::EventId = event_id.parse().unwrap();
+    eventually("first attempt", || {
+        records(&hooks, ORG).iter().all(|r| r.attempts == 1)
+    })
+    .await;
+    hooks.advance(Duration::from_secs(2));
+    eventually("dead", || hooks.status_of(ORG).get("dead") == Some(&1)).await;
+    // The same path housekeeping takes, on the test's clock.
+    let sweep = || {
+        let policy = hooks.state.policies.current();
+        hooks.state.deliveries.sweep_if_due(&policy.config.webhooks);
+    };
+    let day = Duration::from_secs(24 * 3600);
+
+    // Within dead_retention: still redeliverable, the sealed data kept.
+    hooks.advance(day);
+    sweep();
+    assert_eq!(hooks.status_of(ORG).get("dead"), Some(&1));
+    assert!(hooks
+        .state
+        .deliveries
+        .outbox()
+        .event(&event_id)
+        .unwrap()
+        .is_some());
+
+    // Past it: ended as failed (expired), and the event's data is gone.
+    hooks.advance(day);
+    sweep();
+    let (parts, dead) = hooks.deliveries(&hooks.key, "?status=dead").await;
+    assert_eq!(parts.status, StatusCode::OK, "{dead}");
+    assert_eq!(dead["deliveries"].as_array().unwrap().len(), 0);
+    let (_, failed) = hooks.deliveries(&hooks.key, "?status=failed").await;
+    let failed = failed["deliveries"].as_array().unwrap().clone();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["last_error"], "expired");
+    assert_eq!(failed[0]["attempts"], 2);
+    assert!(hooks
+        .state
+        .deliveries
+        .outbox()
+        .event(&event_id)
+        .unwrap()
+        .is_none());
+    let socket = hooks.socket.display().to_string();
+    let (code, out) = cli(&[
+        "webhooks",
+        "dlq",
+        "list",
+        "--org",
+        ORG,
+        "--admin-socket",
+        &socket,
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("dlv_"),
+        "the dead-letter queue is empty: {out}"
+    );
+
+    // Past retention: the record itself is deleted.
+    hooks.advance(5 * day);
+    sweep();
+    let (parts, all) = hooks.deliveries(&hooks.key, "").await;
+    assert_eq!(parts.status, StatusCode::OK, "{all}");
+    assert_eq!(all["deliveries"].as_array().unwrap().len(), 0, "{all}");
+    assert!(
+        hooks
+            .state
+            .deliveries
+            .outbox()
+            .count(DeliveryStatus::Failed)
+            == 0
+    );
+    hooks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_disables_the_subscription_and_ends_its_pending_deliveries() {
     let hooks = Hooks::start("").await;
     let receiver = Receiver::start(&hooks.pki, 500).await;

@@ -902,6 +902,11 @@ fn webhooks_defaults() {
     assert_eq!(w.max_subscriptions_per_org, 100);
     assert_eq!(w.max_event_bytes, 256 * 1024);
     assert_eq!(w.delivery_timeout, std::time::Duration::from_secs(15));
+    assert_eq!(w.retention, std::time::Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(
+        w.dead_retention,
+        std::time::Duration::from_secs(30 * 24 * 3600)
+    );
 
     let (result, dir) = parse_webhooks(
         "enabled = true\ningest_token_file = \"token\"\nscheme = \"split\"\n\
@@ -1099,6 +1104,18 @@ fn webhooks_validation_errors() {
             1,
             "webhooks.max_subscriptions_per_org",
             "between 1 and",
+        ),
+        (
+            "dead_retention = \"10m\"",
+            1,
+            "webhooks.dead_retention",
+            "between 1h and",
+        ),
+        (
+            "retention = \"11years\"",
+            1,
+            "webhooks.retention",
+            "between 1h and",
         ),
         (
             "ca_file = \"nope.pem\"",

@@ -322,6 +322,13 @@ pub struct WebhooksConfig {
     pub max_event_bytes: usize,
     /// Most subscriptions one organization may hold.
     pub max_subscriptions_per_org: usize,
+    /// How long after its event was accepted a delivered or failed delivery's record is kept
+    /// for the status endpoint; the outbox would otherwise grow for ever.
+    pub retention: Duration,
+    /// How long after its event was accepted a dead delivery waits in the dead-letter queue
+    /// for a redelivery; then it ends as failed (`expired`) and the event's sealed data, which
+    /// is PHI, is deleted.
+    pub dead_retention: Duration,
 }
 
 /// `[internal]`: a plain-HTTP/1.1 listener for operators and the backend, never for partners.

@@ -204,6 +204,8 @@ pub struct RawWebhooks {
     pub scope: Opt<String>,
     pub max_event_bytes: Opt<i64>,
     pub max_subscriptions_per_org: Opt<i64>,
+    pub retention: Opt<String>,
+    pub dead_retention: Opt<String>,
 }
 
 /// `[internal]`: the plain-HTTP listener for metrics and backend events.

@@ -4,16 +4,20 @@
 //!
 //! Ingest, the status endpoint, the admin socket and the audit stream all reach the outbox
 //! through here, and ring [`Deliveries::wake`] after adding work so the worker does not wait
-//! for its next poll.
+//! for its next poll. Housekeeping applies the retention settings through
+//! [`Deliveries::sweep_if_due`].
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::delivery::DeliveryId;
 use super::outbox::Outbox;
+use crate::config::WebhooksConfig;
 use crate::gate::idempotency::seal::SealKeys;
 use crate::gate::ratelimit::LimitClock;
 use crate::keys::secret_file::SecretFileError;
@@ -30,6 +34,22 @@ pub enum DeliveriesError {
     Store(#[from] StoreError),
 }
 
+/// Retention sweeps run at most this often (of the deliveries' clock)...
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// ...and each ends or removes at most this many deliveries of each kind; a full batch makes
+/// the next housekeeping round sweep again, so a backlog drains at housekeeping's pace.
+const SWEEP_BATCH: usize = 2_000;
+
+/// What one retention sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Swept {
+    /// Dead deliveries ended as failed (`expired`).
+    pub expired: usize,
+    /// Delivered and failed records deleted.
+    pub removed: usize,
+}
+
 /// The shared handle. Cheap to clone.
 #[derive(Clone)]
 pub struct Deliveries {
@@ -37,6 +57,8 @@ pub struct Deliveries {
     clock: LimitClock,
     wake: Arc<Notify>,
     in_flight: Arc<Mutex<HashSet<DeliveryId>>>,
+    /// When the last retention sweep ran (deliveries' clock, unix ms).
+    last_sweep_ms: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Deliveries {
@@ -60,12 +82,59 @@ impl Deliveries {
             clock,
             wake: Arc::new(Notify::new()),
             in_flight: Arc::new(Mutex::new(HashSet::new())),
+            last_sweep_ms: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// The outbox.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
+    }
+
+    /// Runs [`Deliveries::sweep`] when one is due; logs what it did. Blocking.
+    pub fn sweep_if_due(&self, config: &WebhooksConfig) {
+        let now = self.now_ms();
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        let every = u64::try_from(SWEEP_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) < every {
+            return;
+        }
+        match self.sweep(config, now) {
+            Ok(swept) => {
+                if swept.expired > 0 || swept.removed > 0 {
+                    tracing::info!(
+                        expired = swept.expired,
+                        removed = swept.removed,
+                        "webhook deliveries past their retention ended or removed"
+                    );
+                }
+                let full = swept.expired == SWEEP_BATCH || swept.removed == SWEEP_BATCH;
+                if !full {
+                    self.last_sweep_ms.store(now, Ordering::Relaxed);
+                }
+            }
+            Err(error) => {
+                self.last_sweep_ms.store(now, Ordering::Relaxed);
+                tracing::warn!(%error, "cannot apply the webhook retention settings");
+            }
+        }
+    }
+
+    /// Applies the retention settings once, a batch of each, at `now_ms`: dead deliveries of
+    /// events accepted more than `dead_retention` ago end as failed (`expired`, deleting the
+    /// sealed data no delivery needs any more), then delivered and failed records of events
+    /// accepted more than `retention` ago are deleted. Blocking.
+    pub fn sweep(&self, config: &WebhooksConfig, now_ms: u64) -> Result<Swept, StoreError> {
+        let cutoff = |keep: Duration| {
+            now_ms.saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX))
+        };
+        let expired =
+            self.outbox
+                .expire_dead(cutoff(config.dead_retention), now_ms, SWEEP_BATCH)?;
+        let removed = self
+            .outbox
+            .remove_finished(cutoff(config.retention), SWEEP_BATCH)?;
+        Ok(Swept { expired, removed })
     }
 
     /// The time due times are compared with, in unix milliseconds.

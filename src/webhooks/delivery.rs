@@ -170,6 +170,8 @@ pub enum FailureKind {
     EventUnreadable,
     /// Anything else (a request that could not be built).
     Other,
+    /// Dead longer than `webhooks.dead_retention`: ended, and the event's data deleted.
+    Expired,
 }
 
 impl FailureKind {
@@ -185,6 +187,7 @@ impl FailureKind {
             Self::SubscriptionInactive => "subscription_inactive",
             Self::EventUnreadable => "event_unreadable",
             Self::Other => "other",
+            Self::Expired => "expired",
         }
     }
 }

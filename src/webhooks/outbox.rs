@@ -453,6 +453,85 @@ impl Outbox {
         Ok(moved)
     }
 
+    /// Ends up to `batch` dead deliveries of events accepted before `cutoff_ms` as `failed`
+    /// (`expired`), which deletes their events' sealed data once no other delivery needs
+    /// it. Returns how many it ended. The global dead index is ordered by acceptance time,
+    /// so a sweep reads only what it ends.
+    pub fn expire_dead(
+        &self,
+        cutoff_ms: u64,
+        now_ms: u64,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
+        let expired = self.older_than(DeliveryStatus::Dead, cutoff_ms, batch)?;
+        let mut ended = 0;
+        for id in expired {
+            let mut changed = false;
+            self.update(&id, |record| {
+                if record.status != DeliveryStatus::Dead {
+                    return false;
+                }
+                record.status = DeliveryStatus::Failed;
+                record.next_attempt_ms = None;
+                record.last_error = Some(FailureKind::Expired);
+                record.updated_ms = now_ms;
+                changed = true;
+                true
+            })?;
+            ended += usize::from(changed);
+        }
+        Ok(ended)
+    }
+
+    /// Deletes up to `batch` delivered and failed delivery records of events accepted before
+    /// `cutoff_ms`, with their index entries. Returns how many. (Their events' data is
+    /// already gone: it goes when the last delivery that needs it ends.)
+    pub fn remove_finished(&self, cutoff_ms: u64, batch: usize) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for status in [DeliveryStatus::Delivered, DeliveryStatus::Failed] {
+            for id in self.older_than(status, cutoff_ms, batch - removed)? {
+                let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(record) = self.delivery(&id)? else {
+                    continue;
+                };
+                if record.status != status {
+                    continue;
+                }
+                let mut writes: Vec<Write> = Vec::with_capacity(4);
+                let mut key = org_prefix(&record.org);
+                push_position(&mut key, &record);
+                writes.push((key, None));
+                index_writes(&record, false, &mut writes);
+                writes.push((delivery_key(&id), None));
+                self.tree.write_batch(&writes)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Up to `limit` deliveries in `status` of events accepted before `cutoff_ms`, oldest
+    /// first, from the global status index.
+    fn older_than(
+        &self,
+        status: DeliveryStatus,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        let start = status_prefix(status);
+        let mut end = start.clone();
+        end.extend_from_slice(&cutoff_ms.to_be_bytes());
+        let mut found = Vec::new();
+        self.tree.visit_range(&start, &end, |key, _| {
+            if found.len() == limit {
+                return ControlFlow::Break(());
+            }
+            found.push(key.to_vec());
+            ControlFlow::Continue(())
+        })?;
+        found.iter().map(|key| id_from_key(key)).collect()
+    }
+
     /// Ends every pending delivery of `subscription` in `org` as failed (`kind`), except
     /// `skip` (deliveries being attempted right now, which end on their own). Returns how many.
     pub fn fail_pending_of(
@@ -901,6 +980,69 @@ mod tests {
             .insert(&due_key(10, Some(&deliveries[0])), &[])
             .unwrap();
         assert_eq!(outbox.due(10, 10), vec![(deliveries[0].clone(), None)]);
+    }
+
+    #[test]
+    fn retention_ends_old_dead_deliveries_then_removes_old_finished_records() {
+        let (_dir, outbox) = open();
+        let finish = |status| {
+            move |r: &mut DeliveryRecord| {
+                r.status = status;
+                r.next_attempt_ms = None;
+                true
+            }
+        };
+        let (old_event, old) = outbox.accept(&event("acme", b"{}"), &subs(2), 10).unwrap();
+        outbox
+            .update(&old[0], finish(DeliveryStatus::Dead))
+            .unwrap();
+        outbox
+            .update(&old[1], finish(DeliveryStatus::Delivered))
+            .unwrap();
+        let (_, young) = outbox.accept(&event("acme", b"{}"), &subs(1), 50).unwrap();
+        outbox
+            .update(&young[0], finish(DeliveryStatus::Dead))
+            .unwrap();
+        let (_, pending) = outbox.accept(&event("acme", b"{}"), &subs(1), 1).unwrap();
+
+        // Accepted at 10: not before a cutoff of 10.
+        assert_eq!(outbox.expire_dead(10, 99, 100).unwrap(), 0);
+        assert_eq!(outbox.expire_dead(11, 99, 100).unwrap(), 1);
+        let expired = outbox.delivery(&old[0]).unwrap().unwrap();
+        assert_eq!(expired.status, DeliveryStatus::Failed);
+        assert_eq!(expired.last_error, Some(FailureKind::Expired));
+        assert_eq!(expired.updated_ms, 99);
+        assert!(
+            outbox.event(&old_event).unwrap().is_none(),
+            "no delivery needs the data any more"
+        );
+        assert_eq!(outbox.count(DeliveryStatus::Dead), 1, "the young one waits");
+
+        // Records go oldest first, a batch at a time; pending and dead ones stay.
+        assert_eq!(outbox.remove_finished(11, 1).unwrap(), 1);
+        assert_eq!(outbox.remove_finished(11, 100).unwrap(), 1);
+        assert_eq!(outbox.remove_finished(11, 100).unwrap(), 0);
+        assert!(outbox.delivery(&old[0]).unwrap().is_none());
+        assert!(outbox.delivery(&old[1]).unwrap().is_none());
+        let left: Vec<DeliveryId> = outbox
+            .list(Some("acme"), None, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, [young[0].clone(), pending[0].clone()]);
+        assert_eq!(due_ids(&outbox, 1_000, 10), [pending[0].clone()]);
+        // No index entry of a removed record is left behind.
+        let stale = outbox
+            .tree
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, _)| {
+                key.ends_with(old[0].as_str().as_bytes())
+                    || key.ends_with(old[1].as_str().as_bytes())
+            })
+            .count();
+        assert_eq!(stale, 0);
     }
 
     #[test]

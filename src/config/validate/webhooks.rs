@@ -31,6 +31,10 @@ const MAX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest a rotated-out secret may keep signing.
 const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// Allowed retention of delivery records and of dead deliveries.
+const RETENTION_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(3600)..=Duration::from_secs(3650 * 24 * 3600);
+
 /// Longest event type name: they become metric labels and audit fields.
 const MAX_EVENT_TYPE_LEN: usize = 64;
 
@@ -83,6 +87,8 @@ impl Default for WebhooksConfig {
             scope: "manage_webhooks".to_owned(),
             max_event_bytes: 256 * 1024,
             max_subscriptions_per_org: 100,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            dead_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -206,6 +212,32 @@ impl Validator<'_> {
                 defaults.max_subscriptions_per_org as u64,
                 SUBSCRIPTIONS_RANGE,
             ) as usize,
+            retention: self.retention("webhooks.retention", &raw.retention, defaults.retention),
+            dead_retention: self.retention(
+                "webhooks.dead_retention",
+                &raw.dead_retention,
+                defaults.dead_retention,
+            ),
+        }
+    }
+
+    /// A retention period within [`RETENTION_RANGE`].
+    fn retention(&mut self, key: &str, value: &Opt<String>, default: Duration) -> Duration {
+        let duration = self.duration(key, value, default);
+        match value {
+            Some(value) if !RETENTION_RANGE.contains(&duration) => {
+                self.report(
+                    key,
+                    &value.span(),
+                    format!(
+                        "must be between {} and {}",
+                        humantime::format_duration(*RETENTION_RANGE.start()),
+                        humantime::format_duration(*RETENTION_RANGE.end())
+                    ),
+                );
+                default
+            }
+            _ => duration,
         }
     }
 
@@ -558,6 +590,17 @@ fn overlaps(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_is_between_an_hour_and_ten_years() {
+        assert_eq!(
+            WebhooksConfig::default().dead_retention,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        assert!(RETENTION_RANGE.contains(&WebhooksConfig::default().retention));
+        assert!(!RETENTION_RANGE.contains(&Duration::from_secs(3599)));
+        assert!(!RETENTION_RANGE.contains(&Duration::from_secs(3651 * 24 * 3600)));
+    }
 
     #[test]
     fn event_type_names() {
