@@ -17,6 +17,7 @@ pub mod gate;
 pub mod init;
 pub mod internal;
 pub mod keys;
+pub mod local_http;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

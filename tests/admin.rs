@@ -141,6 +141,49 @@ async fn create_key(admin: &Admin, scopes: &str) -> (String, String) {
     )
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_on_arrival_and_served_once_slots_free() {
+    let mut admin = Admin::start().await;
+    // Slots are taken in accept order, so these hold every one until their head times out.
+    let mut idle = Vec::new();
+    for _ in 0..portcullis::admin::server::MAX_CONNECTIONS {
+        idle.push(
+            tokio::net::UnixStream::connect(&admin.socket)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut extra = tokio::net::UnixStream::connect(&admin.socket)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut extra, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed at once: {closed:?}"
+    );
+    drop(idle);
+    // With the slots free again, commands are served.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = admin.cli(&["orgs", "list"]).await;
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slots were released: {}",
+            stderr(&out)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    admin.stop().await;
+}
+
 #[tokio::test]
 async fn socket_is_owner_only_in_a_private_directory_and_removed_on_stop() {
     let mut admin = Admin::start().await;

@@ -11,16 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::Watcher;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{oneshot, Semaphore};
-use tokio::task::JoinHandle;
 
 use super::handlers::{self, Peer};
 use super::socket::{self, AdminError, SocketFile};
+use crate::local_http::{self, Limits, Running};
 use crate::reload::Reloader;
 use crate::state::State;
 
@@ -36,11 +33,15 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long in-flight admin requests may finish after shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Most header fields in an admin request.
-const MAX_HEADERS: usize = 32;
-
-/// hyper's read buffer, which bounds the request head (hyper's minimum is 8 KiB).
-const MAX_BUF_BYTES: usize = 16 * 1024;
+/// The socket's hardening (see [`local_http`]); one request per connection.
+const LIMITS: Limits = Limits {
+    name: "admin",
+    max_connections: MAX_CONNECTIONS,
+    header_read_timeout: HEADER_READ_TIMEOUT,
+    connection_timeout: CONNECTION_TIMEOUT,
+    drain_timeout: DRAIN_TIMEOUT,
+    keep_alive: false,
+};
 
 /// A bound admin socket, ready to serve.
 pub struct AdminServer {
@@ -85,8 +86,8 @@ impl AdminServer {
         self.socket.path()
     }
 
-    /// Serves until `shutdown` completes; then stops accepting, removes the socket file and
-    /// gives in-flight requests [`DRAIN_TIMEOUT`] to finish.
+    /// Serves until `shutdown` completes; then stops accepting, gives in-flight requests
+    /// [`DRAIN_TIMEOUT`] to finish and removes the socket file.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Self {
             state,
@@ -103,90 +104,34 @@ impl AdminServer {
         };
         tracing::info!(path = %socket.path().display(), "admin socket listening");
         let owner_uid = socket.owner_uid();
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-
-        loop {
-            let stream = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "admin accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(
-                    max = MAX_CONNECTIONS,
-                    "admin connection limit reached; closing new connection"
-                );
-                continue;
-            };
-            let state = state.clone();
-            let reloader = reloader.clone();
-            let watcher = graceful.watcher();
-            tokio::spawn(async move {
-                serve_connection(stream, state, reloader, owner_uid, watcher).await;
-                drop(slot);
-            });
-        }
-
-        drop(listener);
+        local_http::serve(listener, LIMITS, shutdown, |stream, watcher| {
+            serve_connection(stream, state.clone(), reloader.clone(), owner_uid, watcher)
+        })
+        .await;
         drop(socket);
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("admin requests still in flight at the end of the drain timeout");
-        }
         tracing::info!("admin socket closed");
     }
 
     /// Serves on a task of its own until [`AdminHandle::stop`] (or until the handle is
     /// dropped).
     pub fn spawn(self) -> AdminHandle {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(self.serve(async move {
-            let _ = stopped.await;
-        }));
-        AdminHandle {
-            stop: Some(stop),
-            task: Some(task),
-        }
+        AdminHandle(Running::spawn("admin", |stopped| {
+            self.serve(async move {
+                let _ = stopped.await;
+            })
+        }))
     }
 }
 
 /// A running admin server started with [`AdminServer::spawn`].
 #[derive(Debug)]
-pub struct AdminHandle {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
+pub struct AdminHandle(Running);
 
 impl AdminHandle {
-    /// Stops accepting, removes the socket file and waits for in-flight requests to finish
-    /// (at most [`DRAIN_TIMEOUT`]).
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "the admin server task failed");
-            }
-        }
-    }
-}
-
-impl Drop for AdminHandle {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    /// Stops accepting, waits for in-flight requests to finish (at most [`DRAIN_TIMEOUT`])
+    /// and removes the socket file.
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 }
 
@@ -218,17 +163,5 @@ async fn serve_connection(
             )
         }
     });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(false)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_BUF_BYTES);
-    let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
-    match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::debug!(%error, "admin connection ended with an error"),
-        Err(_) => tracing::debug!("admin connection closed at its time limit"),
-    }
+    local_http::serve_connection(stream, service, LIMITS, watcher).await;
 }

@@ -2,9 +2,9 @@
 //!
 //! It serves `GET /metrics` (and whatever else [`router`] names) on an address that
 //! validation keeps on loopback unless the operator opts out (`[internal]`). It has no TLS
-//! and no keys, so it runs under the same hardening as the admin socket: a connection cap, a
-//! header read timeout, a lifetime per connection, small request heads, and a drain on
-//! shutdown.
+//! and no keys, so it runs under the same hardening as the admin socket ([`local_http`]): a
+//! connection cap, a header read timeout, a lifetime per connection, small request heads,
+//! and a drain on shutdown.
 
 pub mod problem;
 pub mod router;
@@ -14,14 +14,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::net::TcpListener;
 
+use crate::local_http::{self, Limits, Running};
 use crate::state::State;
 
 pub use problem::InternalProblem;
@@ -39,11 +35,15 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long in-flight requests may finish after shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Most header fields in one request.
-const MAX_HEADERS: usize = 32;
-
-/// hyper's read buffer, which bounds the request head (hyper's minimum is 8 KiB).
-const MAX_BUF_BYTES: usize = 16 * 1024;
+/// The listener's hardening (see [`local_http`]); keep-alive, for Prometheus scrapes.
+const LIMITS: Limits = Limits {
+    name: "internal",
+    max_connections: MAX_CONNECTIONS,
+    header_read_timeout: HEADER_READ_TIMEOUT,
+    connection_timeout: CONNECTION_TIMEOUT,
+    drain_timeout: DRAIN_TIMEOUT,
+    keep_alive: true,
+};
 
 /// Why the internal listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -110,44 +110,17 @@ impl InternalServer {
             local_addr,
         } = self;
         tracing::info!(listen = %local_addr, "internal listener listening");
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-
-        loop {
-            let stream = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "internal accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(
-                    max = MAX_CONNECTIONS,
-                    "internal connection limit reached; closing new connection"
-                );
-                continue;
-            };
+        local_http::serve(listener, LIMITS, shutdown, |stream, watcher| {
             let state = state.clone();
-            let watcher = graceful.watcher();
-            tokio::spawn(async move {
-                serve_connection(stream, state, watcher).await;
-                drop(slot);
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(router::handle(&state, request).await)
+                }
             });
-        }
-
-        drop(listener);
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("internal requests still in flight at the end of the drain timeout");
-        }
+            local_http::serve_connection(stream, service, LIMITS, watcher)
+        })
+        .await;
         tracing::info!("internal listener closed");
     }
 
@@ -155,14 +128,14 @@ impl InternalServer {
     /// dropped).
     pub fn spawn(self) -> InternalHandle {
         let local_addr = self.local_addr;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(self.serve(async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::spawn("internal", |stopped| {
+            self.serve(async move {
+                let _ = stopped.await;
+            })
+        });
         InternalHandle {
             local_addr,
-            stop: Some(stop),
-            task: Some(task),
+            running,
         }
     }
 }
@@ -171,8 +144,7 @@ impl InternalServer {
 #[derive(Debug)]
 pub struct InternalHandle {
     local_addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    running: Running,
 }
 
 impl InternalHandle {
@@ -183,42 +155,7 @@ impl InternalHandle {
 
     /// Stops accepting and waits for in-flight requests to finish (at most
     /// [`DRAIN_TIMEOUT`]).
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "the internal listener task failed");
-            }
-        }
-    }
-}
-
-impl Drop for InternalHandle {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-async fn serve_connection(stream: TcpStream, state: Arc<State>, watcher: Watcher) {
-    let service = service_fn(move |request| {
-        let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(router::handle(&state, request).await) }
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_BUF_BYTES);
-    let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
-    match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::debug!(%error, "internal connection ended with an error"),
-        Err(_) => tracing::debug!("internal connection closed at its time limit"),
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 }
