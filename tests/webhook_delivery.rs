@@ -245,6 +245,24 @@ impl Hooks {
         (parts, value)
     }
 
+    /// `portcullis webhooks dlq list --org ORG` through the real binary, which must succeed;
+    /// its output.
+    async fn dlq_list(&self, org: &str) -> String {
+        let socket = self.socket.display().to_string();
+        let (code, out) = cli(&[
+            "webhooks",
+            "dlq",
+            "list",
+            "--org",
+            org,
+            "--admin-socket",
+            &socket,
+        ])
+        .await;
+        assert_eq!(code, 0, "{out}");
+        out
+    }
+
     /// Moves the clock and wakes the worker.
     fn advance(&self, by: Duration) {
         self.clock.advance(by);
@@ -859,17 +877,7 @@ async fn redeliver_all_dead_moves_only_the_named_organizations_queue() {
     receiver.status.store(200, Ordering::SeqCst);
     // Through the real binary, as an operator would.
     let socket = hooks.socket.display().to_string();
-    let (code, out) = cli(&[
-        "webhooks",
-        "dlq",
-        "list",
-        "--org",
-        ORG,
-        "--admin-socket",
-        &socket,
-    ])
-    .await;
-    assert_eq!(code, 0, "{out}");
+    let out = hooks.dlq_list(ORG).await;
     assert_eq!(out.lines().count(), 3, "a header and two rows: {out}");
     assert!(
         out.lines()
@@ -977,18 +985,7 @@ async fn retention_ends_the_dead_letter_queue_then_forgets_finished_deliveries()
         .event(&event_id)
         .unwrap()
         .is_none());
-    let socket = hooks.socket.display().to_string();
-    let (code, out) = cli(&[
-        "webhooks",
-        "dlq",
-        "list",
-        "--org",
-        ORG,
-        "--admin-socket",
-        &socket,
-    ])
-    .await;
-    assert_eq!(code, 0, "{out}");
+    let out = hooks.dlq_list(ORG).await;
     assert!(
         !out.contains("dlv_"),
         "the dead-letter queue is empty: {out}"

@@ -614,3 +614,21 @@ pub fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> St
     }
     panic!("no line containing {needle:?}");
 }
+
+/// Asserts that a listener at its connection cap closed `extra` on arrival: it reads end of
+/// stream (or an error) within 5 s instead of being kept waiting.
+pub async fn assert_closed_on_arrival<S>(extra: &mut S)
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(extra, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed at once: {closed:?}"
+    );
+}
