@@ -492,42 +492,20 @@ async fn ingest_refuses_bad_tokens_bodies_organizations_and_types() {
     let hooks = Hooks::start("").await;
     let good = json!({"org": ORG, "type": "note.signed", "data": {"note": "x"}}).to_string();
 
-    let (status, value, headers) = hooks.post_raw(None, good.clone()).await;
-    assert_problem_doc(
-        status,
-        &value,
-        &headers,
-        StatusCode::UNAUTHORIZED,
-        "auth.missing",
-    );
-    let (status, value, headers) = hooks
-        .post_raw(Some("ingest-token-0123456789abcdeX"), good.clone())
-        .await;
-    assert_problem_doc(
-        status,
-        &value,
-        &headers,
-        StatusCode::UNAUTHORIZED,
-        "auth.invalid",
-    );
-    let (status, value, headers) = hooks.post_raw(Some("short"), good.clone()).await;
-    assert_problem_doc(
-        status,
-        &value,
-        &headers,
-        StatusCode::UNAUTHORIZED,
-        "auth.invalid",
-    );
-    let (status, value, headers) = hooks
-        .post_authorized(Some(&format!("Basic {TOKEN}")), good.clone())
-        .await;
-    assert_problem_doc(
-        status,
-        &value,
-        &headers,
-        StatusCode::UNAUTHORIZED,
-        "auth.missing",
-    );
+    for (authorization, code) in [
+        (None, "auth.missing"),
+        (
+            Some("Bearer ingest-token-0123456789abcdeX".to_owned()),
+            "auth.invalid",
+        ),
+        (Some("Bearer short".to_owned()), "auth.invalid"),
+        (Some(format!("Basic {TOKEN}")), "auth.missing"),
+    ] {
+        let (status, value, headers) = hooks
+            .post_authorized(authorization.as_deref(), good.clone())
+            .await;
+        assert_problem_doc(status, &value, &headers, StatusCode::UNAUTHORIZED, code);
+    }
     // The scheme is case-insensitive (RFC 9110 §11.1).
     let (status, value, _) = hooks
         .post_authorized(Some(&format!("bearer {TOKEN}")), good.clone())
