@@ -274,6 +274,11 @@ async fn the_starter_serves_a_first_tls_handshake_with_init_secrets() {
     );
     let policy = replace(
         policy,
+        "listen = \"127.0.0.1:9464\"",
+        "listen = \"127.0.0.1:0\"".to_owned(),
+    );
+    let policy = replace(
+        policy,
         "data_dir = \"/var/lib/portcullis\"",
         format!("data_dir = \"{}\"", state.display()),
     );

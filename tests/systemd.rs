@@ -458,6 +458,7 @@ async fn the_binary_stays_inside_the_unit_syscall_filter() {
     let policy = fs::read_to_string(conf.join(init::CONFIG_FILE))
         .unwrap()
         .replace("127.0.0.1:8443", "127.0.0.1:0")
+        .replace("127.0.0.1:9464", "127.0.0.1:0")
         .replace("http://127.0.0.1:8080", &backend.url())
         .replace(init::UNIT_DATA_DIR, &state.display().to_string())
         .replace(

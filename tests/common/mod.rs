@@ -602,17 +602,38 @@ pub fn child_lines(
     rx
 }
 
-/// The first line containing `needle` within 30 s; panics (naming it) otherwise.
+/// The first line containing `needle` within 30 s; panics otherwise, naming it and showing
+/// the last lines the child did print (so a failure says why it never got there).
 pub fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = std::collections::VecDeque::new();
+    let mut ended = false;
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
         match rx.recv_timeout(left) {
             Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => break,
+            Ok(line) => {
+                if seen.len() == 20 {
+                    seen.pop_front();
+                }
+                seen.push_back(line);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                ended = true;
+                break;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
         }
     }
-    panic!("no line containing {needle:?}");
+    let how = if ended {
+        "the child closed its output"
+    } else {
+        "timed out"
+    };
+    let last: Vec<String> = seen.into_iter().collect();
+    panic!(
+        "no line containing {needle:?} ({how}); its last lines:\n{}",
+        last.join("\n")
+    );
 }
 
 /// Asserts that a listener at its connection cap closed `extra` on arrival: it reads end of
