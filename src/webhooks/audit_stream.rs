@@ -226,10 +226,7 @@ fn stream(state: &State, mut mark: Mark, items: &[Item]) -> Mark {
             mark.seq = item.seq;
             continue;
         };
-        let ids: Vec<String> = subscriptions
-            .iter()
-            .map(|subscription| subscription.id.to_string())
-            .collect();
+        let ids: Vec<String> = subscriptions.iter().map(ToString::to_string).collect();
         let event = NewEvent {
             org,
             event_type: AUDIT_EVENT_TYPE,

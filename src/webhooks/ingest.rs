@@ -107,10 +107,7 @@ where
             .subscriptions
             .matching(&posted.org, &posted.event_type)
             .map_err(|error| error.to_string())?;
-        let ids: Vec<String> = subscriptions
-            .iter()
-            .map(|subscription| subscription.id.to_string())
-            .collect();
+        let ids: Vec<String> = subscriptions.iter().map(ToString::to_string).collect();
         let event = NewEvent {
             org: &posted.org,
             event_type: &posted.event_type,
