@@ -1029,6 +1029,31 @@ async fn sighup_and_the_reload_command_reload_a_running_binary() {
     running.signal("TERM");
     running.wait_for_line("portcullis stopped");
 
+    // The same entries, oldest first, are admin records of the audit trail, whose chain
+    // verifies through the real binary.
+    let audit = pki.dir.path().join("audit");
+    let mut audited = Vec::new();
+    for file in portcullis::audit::files::list(&audit).unwrap() {
+        for line in std::fs::read_to_string(&file.path).unwrap().lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            if record["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("policy_"))
+            {
+                let field = |name: &str| record[name].as_str().unwrap().to_owned();
+                audited.push((field("action"), field("actor"), field("target")));
+            }
+        }
+    }
+    audited.reverse();
+    assert_eq!(audited, reloads, "the audit trail holds every reload");
+    let out = portcullis_cli(&["audit", "verify", audit.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Nothing is listening any more: the CLI says so and fails.
     let out = portcullis_cli(&["reload", "--admin-socket", socket.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
