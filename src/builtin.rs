@@ -16,9 +16,18 @@ use crate::body::{full_body, ProxyBody};
 use crate::gate::authn::Authenticated;
 use crate::policy::Policy;
 
-/// `200 {"status":"ok"}`: the process is up and serving.
-pub fn health() -> Response<ProxyBody> {
-    json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+/// `200 {"status":"ok"}` while the process serves; `503 {"status":"unavailable"}` once the
+/// state store has failed (a full or failing disk: every request needing it is refused), so
+/// a load balancer or monitor takes the instance out before partners meet those refusals.
+pub fn health(store_failed: bool) -> Response<ProxyBody> {
+    if store_failed {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"status":"unavailable","reason":"state store"}"#.to_vec(),
+        )
+    } else {
+        json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+    }
 }
 
 #[derive(Serialize)]

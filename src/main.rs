@@ -191,7 +191,11 @@ fn run_async(work: impl std::future::Future<Output = Result<(), String>>) -> Exi
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(work) {
+    let result = runtime.block_on(work);
+    // Blocking work still running (a store call stuck on a failed disk) must not keep the
+    // process from exiting once serving is over: dropping the runtime would wait for it.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("portcullis: {message}");
@@ -199,6 +203,9 @@ fn run_async(work: impl std::future::Future<Output = Result<(), String>>) -> Exi
         }
     }
 }
+
+/// How long blocking work may still run after the async work is done.
+const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `portcullis init`: the report on stdout, a refusal or failure on stderr.
 fn init_command(options: &portcullis::init::InitOptions) -> ExitCode {

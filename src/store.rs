@@ -15,6 +15,8 @@ use std::io;
 use std::ops::ControlFlow;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -127,6 +129,65 @@ pub enum StoreError {
         /// The tree.
         tree: &'static str,
     },
+    /// An earlier engine failure (a full or failing disk) took the store out of service;
+    /// nothing is read or written until portcullis restarts.
+    #[error(
+        "the state store stopped after an engine failure (see the first error logged); \
+         tree `{tree}` is not read or written until portcullis is restarted"
+    )]
+    Failed {
+        /// The tree.
+        tree: &'static str,
+    },
+}
+
+/// Takes the store out of service at the first engine failure.
+///
+/// After an I/O error (a full disk, a failing device) the engine can block a later flush
+/// for ever while it holds its internal lock, and then every read and write queues behind
+/// it: requests would hang and shutdown would never end. Once the fuse has tripped nothing
+/// enters the engine again: every operation fails at once (`503` to callers: fail closed),
+/// and the engine is not dropped (its drop flushes) so the process can still exit.
+#[derive(Clone, Default)]
+struct Fuse(Arc<AtomicBool>);
+
+impl Fuse {
+    fn is_tripped(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// `Err(Failed)` once tripped.
+    fn check(&self, tree: &'static str) -> Result<(), StoreError> {
+        if self.is_tripped() {
+            Err(StoreError::Failed { tree })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Converts an engine error, tripping the fuse.
+    fn error(
+        &self,
+        tree: &'static str,
+        op: &'static str,
+    ) -> impl FnOnce(sled::Error) -> StoreError + '_ {
+        move |source| {
+            if !self.0.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    tree,
+                    op,
+                    error = %source,
+                    "the state store failed; every later read and write is refused until \
+                     portcullis is restarted (check the disk)"
+                );
+            }
+            StoreError::Engine {
+                tree,
+                op,
+                source: EngineError(source),
+            }
+        }
+    }
 }
 
 impl StoreError {
@@ -147,6 +208,18 @@ impl StoreError {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    fuse: Fuse,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // A failed engine is left behind rather than dropped: its drop would flush, and a
+        // flush after a failure can block for ever.
+        // The engine lives as long as its last handle: one handle forgotten keeps it.
+        if self.fuse.is_tripped() {
+            std::mem::forget(self.db.clone());
+        }
+    }
 }
 
 impl fmt::Debug for Store {
@@ -179,7 +252,13 @@ impl Store {
         let started = Instant::now();
         loop {
             match config.open() {
-                Ok(db) => return Ok(Self { db, path }),
+                Ok(db) => {
+                    return Ok(Self {
+                        db,
+                        path,
+                        fuse: Fuse::default(),
+                    })
+                }
                 Err(err) if is_lock_conflict(&err) => {
                     if started.elapsed() >= LOCK_WAIT {
                         return Err(StoreError::Locked { path });
@@ -205,21 +284,32 @@ impl Store {
     ///
     /// Names are static so that every tree in the store is visible in the source.
     pub fn tree(&self, name: &'static str) -> Result<Tree, StoreError> {
+        self.fuse.check(name)?;
         let inner = self
             .db
             .open_tree(name)
-            .map_err(engine_error(name, "open_tree"))?;
-        Ok(Tree { inner, name })
+            .map_err(self.fuse.error(name, "open_tree"))?;
+        Ok(Tree {
+            inner,
+            name,
+            fuse: self.fuse.clone(),
+        })
+    }
+
+    /// Whether an engine failure has taken the store out of service (see [`StoreError::Failed`]).
+    pub fn has_failed(&self) -> bool {
+        self.fuse.is_tripped()
     }
 
     /// Writes everything inserted so far, in every tree, to disk before returning.
     ///
     /// Call it before telling anyone a change is durable.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.fuse.check("*")?;
         self.db
             .flush()
             .map(drop)
-            .map_err(engine_error("*", "flush"))
+            .map_err(self.fuse.error("*", "flush"))
     }
 }
 
@@ -231,6 +321,16 @@ impl Store {
 pub struct Tree {
     inner: sled::Tree,
     name: &'static str,
+    fuse: Fuse,
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        // As for the store: a failed engine is left behind rather than dropped.
+        if self.fuse.is_tripped() {
+            std::mem::forget(self.inner.clone());
+        }
+    }
 }
 
 impl fmt::Debug for Tree {
@@ -259,32 +359,34 @@ impl Tree {
 
     /// The value under `key`, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.fuse.check(self.name)?;
         self.inner
             .get(key)
             .map(|value| value.map(|v| v.to_vec()))
-            .map_err(engine_error(self.name, "get"))
+            .map_err(self.fuse.error(self.name, "get"))
     }
 
     /// Stores `value` under `key`, replacing any previous value.
     pub fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.fuse.check(self.name)?;
         self.inner
             .insert(key, value)
             .map(drop)
-            .map_err(engine_error(self.name, "insert"))
+            .map_err(self.fuse.error(self.name, "insert"))
     }
 
     /// Removes the value under `key`; returns whether there was one.
     pub fn remove(&self, key: &[u8]) -> Result<bool, StoreError> {
+        self.fuse.check(self.name)?;
         self.inner
             .remove(key)
             .map(|old| old.is_some())
-            .map_err(engine_error(self.name, "remove"))
+            .map_err(self.fuse.error(self.name, "remove"))
     }
 
     /// Every entry in key order (reversible, for newest-first listings).
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = Result<Entry, StoreError>> + use<> {
-        let name = self.name;
-        self.inner.iter().map(move |item| owned_entry(name, item))
+        self.guarded(self.inner.iter())
     }
 
     /// The entries whose keys start with `prefix`, in key order.
@@ -292,10 +394,7 @@ impl Tree {
         &self,
         prefix: &[u8],
     ) -> impl DoubleEndedIterator<Item = Result<Entry, StoreError>> + use<> {
-        let name = self.name;
-        self.inner
-            .scan_prefix(prefix)
-            .map(move |item| owned_entry(name, item))
+        self.guarded(self.inner.scan_prefix(prefix))
     }
 
     /// The entries whose keys are at or after `start`, in key order; a resumable scan for
@@ -304,10 +403,7 @@ impl Tree {
         &self,
         start: &[u8],
     ) -> impl DoubleEndedIterator<Item = Result<Entry, StoreError>> + use<> {
-        let name = self.name;
-        self.inner
-            .range(start..)
-            .map(move |item| owned_entry(name, item))
+        self.guarded(self.inner.range(start..))
     }
 
     /// The entries whose keys are at or after `start` and before `end`, in key order
@@ -318,11 +414,8 @@ impl Tree {
         start: &[u8],
         end: &[u8],
     ) -> impl DoubleEndedIterator<Item = Result<Entry, StoreError>> + use<> {
-        let name = self.name;
         let end = end.max(start).to_vec();
-        self.inner
-            .range(start.to_vec()..end)
-            .map(move |item| owned_entry(name, item))
+        self.guarded(self.inner.range(start.to_vec()..end))
     }
 
     /// Shows `visit` the entries at or after `start` and before `end`, in key order and
@@ -334,11 +427,13 @@ impl Tree {
         end: &[u8],
         mut visit: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
+        self.fuse.check(self.name)?;
         if end <= start {
             return Ok(());
         }
         for item in self.inner.range(start..end) {
-            let (key, value) = item.map_err(engine_error(self.name, "iter"))?;
+            self.fuse.check(self.name)?;
+            let (key, value) = item.map_err(self.fuse.error(self.name, "iter"))?;
             if visit(&key, &value).is_break() {
                 break;
             }
@@ -352,18 +447,20 @@ impl Tree {
         &self,
         pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> Result<(), StoreError> {
+        self.fuse.check(self.name)?;
         let mut batch = sled::Batch::default();
         for (key, value) in pairs {
             batch.insert(key, value);
         }
         self.inner
             .apply_batch(batch)
-            .map_err(engine_error(self.name, "apply_batch"))
+            .map_err(self.fuse.error(self.name, "apply_batch"))
     }
 
     /// Applies every write in one atomic batch, where `None` removes the key: records that
     /// move between indexes (a delivery changing state) never show half a move after a crash.
     pub fn write_batch(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        self.fuse.check(self.name)?;
         let mut batch = sled::Batch::default();
         for (key, value) in writes {
             match value {
@@ -373,7 +470,7 @@ impl Tree {
         }
         self.inner
             .apply_batch(batch)
-            .map_err(engine_error(self.name, "apply_batch"))
+            .map_err(self.fuse.error(self.name, "apply_batch"))
     }
 
     /// Atomically replaces the value under `key` with `new` (`None` removes it), but only if
@@ -385,29 +482,45 @@ impl Tree {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<Swap, StoreError> {
+        self.fuse.check(self.name)?;
         match self.inner.compare_and_swap(key, expected, new) {
             Ok(Ok(())) => Ok(Swap::Done),
             Ok(Err(conflict)) => Ok(Swap::Conflict(conflict.current.map(|v| v.to_vec()))),
-            Err(source) => Err(engine_error(self.name, "compare_and_swap")(source)),
+            Err(source) => Err(self.fuse.error(self.name, "compare_and_swap")(source)),
         }
     }
 
     /// The entry with the greatest key (the newest, for big-endian sequence keys).
     pub fn last(&self) -> Result<Option<Entry>, StoreError> {
+        self.fuse.check(self.name)?;
         self.inner
             .last()
             .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .map_err(engine_error(self.name, "last"))
+            .map_err(self.fuse.error(self.name, "last"))
     }
 
-    /// The number of entries. This walks the tree: not for hot paths.
+    /// The number of entries (0 once the store has failed). This walks the tree: for
+    /// tests, not for hot paths.
     pub fn len(&self) -> usize {
+        if self.fuse.is_tripped() {
+            return 0;
+        }
         self.inner.len()
     }
 
-    /// Whether the tree has no entries.
+    /// Whether the tree has no entries (or the store has failed).
     pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
+        self.fuse.is_tripped() || self.inner.is_empty()
+    }
+
+    /// `iter` as owned entries that stop at once when the store fails.
+    fn guarded(&self, iter: sled::Iter) -> Guarded {
+        Guarded {
+            iter,
+            name: self.name,
+            fuse: self.fuse.clone(),
+            done: false,
+        }
     }
 
     /// The value under `key` decoded from JSON; a value that does not decode is
@@ -473,19 +586,48 @@ fn is_lock_conflict(err: &sled::Error) -> bool {
         && io.to_string().starts_with("could not acquire lock"))
 }
 
-fn owned_entry(
-    tree: &'static str,
-    item: sled::Result<(sled::IVec, sled::IVec)>,
-) -> Result<Entry, StoreError> {
-    item.map(|(k, v)| (k.to_vec(), v.to_vec()))
-        .map_err(engine_error(tree, "iter"))
+/// An engine iterator yielding owned entries. It checks the fuse before every step (a step
+/// enters the engine) and trips it on an error; after an error it ends.
+struct Guarded {
+    iter: sled::Iter,
+    name: &'static str,
+    fuse: Fuse,
+    done: bool,
 }
 
-fn engine_error(tree: &'static str, op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
-    move |source| StoreError::Engine {
-        tree,
-        op,
-        source: EngineError(source),
+impl Guarded {
+    fn step(
+        &mut self,
+        next: impl FnOnce(&mut sled::Iter) -> Option<sled::Result<(sled::IVec, sled::IVec)>>,
+    ) -> Option<Result<Entry, StoreError>> {
+        if self.done {
+            return None;
+        }
+        if let Err(failed) = self.fuse.check(self.name) {
+            self.done = true;
+            return Some(Err(failed));
+        }
+        match next(&mut self.iter)? {
+            Ok((key, value)) => Some(Ok((key.to_vec(), value.to_vec()))),
+            Err(source) => {
+                self.done = true;
+                Some(Err(self.fuse.error(self.name, "iter")(source)))
+            }
+        }
+    }
+}
+
+impl Iterator for Guarded {
+    type Item = Result<Entry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step(Iterator::next)
+    }
+}
+
+impl DoubleEndedIterator for Guarded {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.step(DoubleEndedIterator::next_back)
     }
 }
 

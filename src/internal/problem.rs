@@ -4,7 +4,9 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 
 use crate::body::{full_body, ProxyBody};
@@ -18,6 +20,7 @@ pub struct InternalProblem {
     title: &'static str,
     detail: Cow<'static, str>,
     allow: Option<&'static str>,
+    retry_after_secs: Option<u32>,
 }
 
 impl InternalProblem {
@@ -35,7 +38,15 @@ impl InternalProblem {
             title,
             detail: detail.into(),
             allow: None,
+            retry_after_secs: None,
         }
+    }
+
+    /// Adds `Retry-After` (whole seconds, at least 1): when a refusal is temporary, a sender
+    /// (the backend) is told when to try again.
+    pub fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs.max(1));
+        self
     }
 
     /// `404 internal.not_found`: the listener has no such endpoint.
@@ -80,6 +91,9 @@ impl InternalProblem {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(allow) = self.allow {
             headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             // RFC 9110 §11.6.1: every 401 names the scheme the client should use.

@@ -37,6 +37,10 @@ pub const EVENTS_PATH: &str = "/events";
 /// How long the backend may take to send a body once the headers are in.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a refused-for-now event's `Retry-After` says: long enough for an operator's disk
+/// alert to matter, short enough that a backend's retry loop does not stall.
+const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
+
 /// Shortest token accepted in the token file; a shorter one refuses every request.
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -221,6 +225,7 @@ fn unavailable() -> InternalProblem {
         ProblemCode::WebhookUnavailable,
         "the event could not be stored; retry shortly",
     )
+    .with_retry_after(UNAVAILABLE_RETRY_AFTER_SECS)
 }
 
 /// A problem with one of the shared codes, on the internal listener.
