@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -1548,19 +1548,9 @@ fn provision(policy: &Path) -> (String, String) {
 
 /// A running `portcullis serve` whose stderr lines arrive on a channel.
 struct Served {
-    child: Child,
+    child: KillOnDrop,
     log: mpsc::Receiver<String>,
     port: u16,
-}
-
-impl Drop for Served {
-    /// A failing test must not leave the process behind.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 impl Served {
@@ -1597,7 +1587,11 @@ impl Served {
                 break addr.rsplit(':').next().unwrap().parse().unwrap();
             }
         };
-        Served { child, log, port }
+        Served {
+            child: KillOnDrop(child),
+            log,
+            port,
+        }
     }
 
     fn url(&self, path: &str) -> String {

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1091,17 +1091,8 @@ async fn a_pending_record_blocks_retries_until_its_lease_ends() {
 /// A `portcullis serve` child process, killed when dropped so a failing test leaves no
 /// sidecar behind.
 struct Running {
-    child: Child,
+    child: KillOnDrop,
     port: u16,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// Starts `portcullis serve` and waits until it listens.
@@ -1114,24 +1105,14 @@ fn serve(policy: &Path) -> Running {
         .spawn()
         .unwrap();
     let log = child_lines(child.stderr.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match log.recv_timeout(left) {
-            Ok(line) if line.contains("portcullis listening") => {
-                let addr = line.split("listen=").nth(1).unwrap();
-                let addr = addr.split_whitespace().next().unwrap();
-                let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-                // Keep draining the log so the child never blocks on a full pipe.
-                std::thread::spawn(move || while log.recv().is_ok() {});
-                return Running { child, port };
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the sidecar did not start");
+    let child = KillOnDrop(child);
+    let line = wait_for_line(&log, "portcullis listening");
+    let addr = line.split("listen=").nth(1).unwrap();
+    let addr = addr.split_whitespace().next().unwrap();
+    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || while log.recv().is_ok() {});
+    Running { child, port }
 }
 
 fn kill(running: &mut Running, signal: &str) {

@@ -7,10 +7,10 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
-use common::{child_lines, get, h1_client, wait_for_line};
+use common::{child_lines, get, h1_client, wait_for_line, KillOnDrop};
 use http::StatusCode;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -225,16 +225,6 @@ fn port_of(line: &str) -> u16 {
     addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-/// Stops the child on drop, so a failing assertion never leaves a server behind.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A handshake naming `host`, trusting only init's CA.
 async fn handshake(port: u16, ca: &Path, host: &str) -> Result<(), std::io::Error> {
     let mut roots = rustls::RootCertStore::empty();
@@ -299,7 +289,7 @@ async fn the_starter_serves_a_first_tls_handshake_with_init_secrets() {
         .spawn()
         .unwrap();
     let log = child_lines(child.stderr.take().unwrap());
-    let child = Running(child);
+    let child = KillOnDrop(child);
     let port = port_of(&wait_for_line(&log, "portcullis listening"));
 
     let ca = conf.join("tls/ca.pem");

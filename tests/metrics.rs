@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -698,21 +698,12 @@ fn logging_options_are_validated_together() {
 // The binary: JSON logs, the internal listener in `serve`
 
 struct Served {
-    child: Child,
+    child: KillOnDrop,
     lines: mpsc::Receiver<String>,
     /// Every line read so far.
     seen: Vec<String>,
     /// Lines already returned by [`Served::next_json`].
     taken: Vec<usize>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 impl Served {
@@ -776,7 +767,7 @@ async fn serve_writes_json_lines_without_request_data_and_serves_metrics() {
         }
     });
     let mut served = Served {
-        child,
+        child: KillOnDrop(child),
         lines,
         seen: Vec::new(),
         taken: Vec::new(),
@@ -892,7 +883,7 @@ async fn the_demo_prints_and_serves_its_metrics_url() {
         }
     });
     let mut served = Served {
-        child,
+        child: KillOnDrop(child),
         lines,
         seen: Vec::new(),
         taken: Vec::new(),

@@ -6,7 +6,7 @@ mod common;
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -47,16 +47,8 @@ fn field<'a>(message: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+/// A `portcullis serve` child, killed when dropped.
+struct Proc(KillOnDrop);
 
 impl Proc {
     fn signal(&self, name: &str) {
@@ -104,7 +96,7 @@ fn serve(policy: &Path, env: &[(&str, String)]) -> Proc {
     for (name, value) in env {
         command.env(name, value);
     }
-    Proc(command.spawn().unwrap())
+    Proc(KillOnDrop(command.spawn().unwrap()))
 }
 
 /// The port named in a `STATUS=Serving on 127.0.0.1:PORT…` line.

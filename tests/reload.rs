@@ -5,7 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -785,18 +785,9 @@ async fn the_admin_endpoint_reloads_or_answers_a_problem_with_every_reason() {
 
 /// A `portcullis serve` child, killed when dropped.
 struct Running {
-    child: Child,
+    child: KillOnDrop,
     port: u16,
     log: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 impl Running {
@@ -814,7 +805,7 @@ impl Running {
             .unwrap();
         let log = child_lines(child.stderr.take().unwrap());
         let mut running = Running {
-            child,
+            child: KillOnDrop(child),
             port: 0,
             log,
         };

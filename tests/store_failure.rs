@@ -8,7 +8,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,17 +28,8 @@ const FILE_LIMIT_KIB: u32 = 6 * 1024;
 
 /// A child process, killed if the test ends early.
 struct Instance {
-    child: Child,
+    child: KillOnDrop,
     log: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 impl Instance {
@@ -67,7 +58,10 @@ impl Instance {
             .spawn()
             .expect("bash and the binary run");
         let log = child_lines(child.stderr.take().unwrap());
-        Self { child, log }
+        Self {
+            child: KillOnDrop(child),
+            log,
+        }
     }
 
     /// The port in the `listen=` field of the first line containing `needle`.
