@@ -932,18 +932,21 @@ async fn retention_ends_the_dead_letter_queue_then_forgets_finished_deliveries()
         hooks.state.deliveries.sweep_if_due(&policy.config.webhooks);
     };
     let day = Duration::from_secs(24 * 3600);
+    let sealed_data_kept = || {
+        hooks
+            .state
+            .deliveries
+            .outbox()
+            .event(&event_id)
+            .unwrap()
+            .is_some()
+    };
 
     // Within dead_retention: still redeliverable, the sealed data kept.
     hooks.advance(day);
     sweep();
     assert_eq!(hooks.status_of(ORG).get("dead"), Some(&1));
-    assert!(hooks
-        .state
-        .deliveries
-        .outbox()
-        .event(&event_id)
-        .unwrap()
-        .is_some());
+    assert!(sealed_data_kept());
 
     // Past it: ended as failed (expired), and the event's data is gone.
     hooks.advance(day);
@@ -956,13 +959,7 @@ async fn retention_ends_the_dead_letter_queue_then_forgets_finished_deliveries()
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["last_error"], "expired");
     assert_eq!(failed[0]["attempts"], 2);
-    assert!(hooks
-        .state
-        .deliveries
-        .outbox()
-        .event(&event_id)
-        .unwrap()
-        .is_none());
+    assert!(!sealed_data_kept());
     let out = hooks.dlq_list(ORG).await;
     assert!(
         !out.contains("dlv_"),
