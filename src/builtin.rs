@@ -15,19 +15,22 @@ use serde::Serialize;
 use crate::body::{full_body, ProxyBody};
 use crate::gate::authn::Authenticated;
 use crate::policy::Policy;
+use crate::state::State;
 
-/// `200 {"status":"ok"}` while the process serves; `503 {"status":"unavailable"}` once the
-/// state store has failed (a full or failing disk: every request needing it is refused), so
-/// a load balancer or monitor takes the instance out before partners meet those refusals.
-pub fn health(store_failed: bool) -> Response<ProxyBody> {
-    if store_failed {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            br#"{"status":"unavailable","reason":"state store"}"#.to_vec(),
-        )
+/// `200 {"status":"ok"}` while the process serves; `503 {"status":"unavailable"}` with a
+/// fixed `reason` while it cannot do its job safely: the state store has failed (every
+/// request needing it is refused) or the audit trail cannot be written (records wait in
+/// memory, and requests will be refused once the queue is full). A load balancer or monitor
+/// then takes the instance out before partners meet the refusals.
+pub fn health(state: &State) -> Response<ProxyBody> {
+    let body: &[u8] = if state.store.has_failed() {
+        br#"{"status":"unavailable","reason":"state store"}"#
+    } else if state.audit.is_failing() {
+        br#"{"status":"unavailable","reason":"audit trail"}"#
     } else {
-        json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
-    }
+        return json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec());
+    };
+    json(StatusCode::SERVICE_UNAVAILABLE, body.to_vec())
 }
 
 #[derive(Serialize)]

@@ -185,7 +185,7 @@ async fn process<'p>(
     if is_builtin(request.method(), path, config.auth.health_path.as_deref()) {
         trace.audit.builtin_route(RouteName::HEALTH);
         trace.route = Some("@health");
-        return Ok(builtin::health(state.store.has_failed()));
+        return Ok(builtin::health(state));
     }
 
     let client_ip = client_ip::client_ip(

@@ -23,6 +23,9 @@ use portcullis::state::{unix_now, State};
 const ORG: &str = "acme";
 const TOKEN: &str = "ingest-token-0123456789abcdef";
 
+/// The largest audit file the second test's child may write (KiB): a few hundred records.
+const AUDIT_FILE_LIMIT_KIB: u32 = 128;
+
 /// The largest file the limited child may write (`ulimit -f` counts KiB).
 const FILE_LIMIT_KIB: u32 = 6 * 1024;
 
@@ -30,6 +33,8 @@ const FILE_LIMIT_KIB: u32 = 6 * 1024;
 struct Instance {
     child: KillOnDrop,
     log: std::sync::mpsc::Receiver<String>,
+    /// "… listening" lines read while looking for another.
+    seen: Vec<String>,
 }
 
 impl Instance {
@@ -61,12 +66,23 @@ impl Instance {
         Self {
             child: KillOnDrop(child),
             log,
+            seen: Vec::new(),
         }
     }
 
-    /// The port in the `listen=` field of the first line containing `needle`.
-    fn port(&self, needle: &str) -> u16 {
-        let line = wait_for_line(&self.log, needle);
+    /// The port in the `listen=` field of the first line containing `needle`. Lines read
+    /// on the way are kept: the listeners log in whichever order their tasks run.
+    fn port(&mut self, needle: &str) -> u16 {
+        let line = match self.seen.iter().position(|line| line.contains(needle)) {
+            Some(at) => self.seen.remove(at),
+            None => loop {
+                let line = wait_for_line(&self.log, "listening");
+                if line.contains(needle) {
+                    break line;
+                }
+                self.seen.push(line);
+            },
+        };
         line.split("listen=")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
@@ -212,4 +228,37 @@ async fn a_failing_disk_refuses_at_once_reports_unhealthy_stops_and_loses_no_acc
         .list(Some(ORG), None, None, usize::MAX)
         .unwrap();
     assert_eq!(stored.len(), accepted + 1, "no accepted event was lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_trail_that_cannot_be_written_makes_the_instance_unhealthy() {
+    let pki = test_pki();
+    let text = policy_text(&pki, "http://127.0.0.1:9", &Settings::default());
+    let policy = pki.dir.path().join("policy.toml");
+    std::fs::write(&policy, &text).unwrap();
+    // Each answered request adds a line to the audit file, which soon reaches the limit.
+    let mut limited = Instance::serve(&policy, Some(AUDIT_FILE_LIMIT_KIB));
+    let port = limited.port("portcullis listening");
+    let client = h1_client(&pki.paths.ca);
+    let health = || {
+        Request::get(format!("https://localhost:{port}/healthz"))
+            .body(empty_body())
+            .unwrap()
+    };
+    let mut served = 0usize;
+    let body = loop {
+        let (parts, body) = send(&client, health()).await;
+        if parts.status == StatusCode::SERVICE_UNAVAILABLE {
+            break body;
+        }
+        assert_eq!(parts.status, StatusCode::OK);
+        served += 1;
+        assert!(served < 20_000, "the audit file never reached the limit");
+    };
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["reason"], "audit trail");
+    wait_for_line(&limited.log, "cannot write the audit trail");
+    // Stopping does not wait for a disk that refuses.
+    limited.terminate(Duration::from_secs(20));
 }

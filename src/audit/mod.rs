@@ -46,7 +46,7 @@ pub mod verify;
 pub mod writer;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -64,7 +64,7 @@ pub use writer::CommittedRecord;
 use self::chain::ChainKey;
 use self::record::{Actor, AdminEvent, Event, EventBody, Ident};
 use self::ticket::Sink;
-use self::writer::{Message, Settings, Writer};
+use self::writer::{Message, Settings, Writer, WriterStatus};
 use crate::admin_log::AdminActionKind;
 use crate::config::AuditConfig;
 use crate::metrics::FsyncObserver;
@@ -115,7 +115,7 @@ struct Shared {
     slots: Arc<Semaphore>,
     /// The queue's size, for [`Audit::queue_depth`].
     capacity: usize,
-    stopped: Arc<AtomicBool>,
+    status: Arc<WriterStatus>,
     shed: AtomicU64,
     last_warning: AtomicU64,
     publisher: broadcast::Sender<Arc<CommittedRecord>>,
@@ -127,7 +127,7 @@ impl Shared {
     }
 
     fn send(&self, message: Message) -> Result<(), AuditError> {
-        if self.stopped.load(Ordering::SeqCst) {
+        if self.status.stopped.load(Ordering::SeqCst) {
             return Err(AuditError::Stopped);
         }
         self.sender()
@@ -182,7 +182,7 @@ impl Audit {
             // The receiver is alive (it is in scope), so this cannot fail.
             let _ = sender.send(Message::Record { event, slot: None });
         }
-        let stopped = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(WriterStatus::default());
         let (publisher, _) = broadcast::channel(PUBLISH_CAPACITY);
         let settings = Settings {
             dir: config.dir.clone(),
@@ -198,7 +198,7 @@ impl Audit {
             recovered.file,
             index.clone(),
             publisher.clone(),
-            stopped.clone(),
+            status.clone(),
         );
         let thread = std::thread::Builder::new()
             .name("audit-writer".to_owned())
@@ -209,7 +209,7 @@ impl Audit {
             writer: thread.thread().clone(),
             slots: Arc::new(Semaphore::new(config.queue_capacity)),
             capacity: config.queue_capacity,
-            stopped,
+            status,
             shed: AtomicU64::new(0),
             last_warning: AtomicU64::new(0),
             publisher,
@@ -237,6 +237,16 @@ impl Audit {
             shared
                 .capacity
                 .saturating_sub(shared.slots.available_permits())
+        })
+    }
+
+    /// Whether the trail cannot be written right now: the writer is retrying a failed commit
+    /// (a full or failing disk) or has stopped. Requests are still admitted while the queue
+    /// has room, but their records are not on disk; health checks report it.
+    pub fn is_failing(&self) -> bool {
+        self.shared.as_ref().is_some_and(|shared| {
+            shared.status.failing.load(Ordering::SeqCst)
+                || shared.status.stopped.load(Ordering::SeqCst)
         })
     }
 
@@ -284,7 +294,7 @@ impl Audit {
                 config.client_ip,
             ));
         };
-        if shared.stopped.load(Ordering::SeqCst) {
+        if shared.status.stopped.load(Ordering::SeqCst) {
             return Err(unavailable("the audit writer has stopped"));
         }
         let slot = match self.reserve(shared, config).await {

@@ -138,7 +138,17 @@ pub(super) struct Writer {
     /// next start completes the index from the files.
     index_complete: bool,
     publisher: broadcast::Sender<Arc<CommittedRecord>>,
-    stopped: Arc<AtomicBool>,
+    status: Arc<WriterStatus>,
+}
+
+/// What admission and health checks read of the writer thread.
+#[derive(Debug, Default)]
+pub struct WriterStatus {
+    /// The thread has ended (shutdown, or it failed): nothing more will be written.
+    pub stopped: AtomicBool,
+    /// The last commit failed (a full or failing disk) and the writer is retrying: records
+    /// wait in the queue, not on disk.
+    pub failing: AtomicBool,
 }
 
 impl Writer {
@@ -150,7 +160,7 @@ impl Writer {
         file: Option<CurrentFile>,
         index: AuditIndex,
         publisher: broadcast::Sender<Arc<CommittedRecord>>,
-        stopped: Arc<AtomicBool>,
+        status: Arc<WriterStatus>,
     ) -> Self {
         Self {
             settings,
@@ -162,14 +172,14 @@ impl Writer {
             index,
             index_complete: true,
             publisher,
-            stopped,
+            status,
         }
     }
 
     /// Serves the channel until a shutdown message or until every sender is gone.
     pub fn run(mut self, messages: Receiver<Message>) {
         // However the thread ends (even by a panic), admission learns that it has.
-        let _stopped = StopFlag(self.stopped.clone());
+        let _stopped = StopFlag(self.status.clone());
         let mut waiters: Vec<oneshot::Sender<bool>> = Vec::new();
         let mut next_commit = Instant::now();
         let mut retry_pause = FIRST_RETRY_PAUSE;
@@ -244,6 +254,7 @@ impl Writer {
                         tracing::warn!("audit writes succeed again");
                     }
                     failing = false;
+                    self.status.failing.store(false, Ordering::SeqCst);
                     retry_pause = FIRST_RETRY_PAUSE;
                     for waiter in waiters.drain(..) {
                         let _ = waiter.send(true);
@@ -260,6 +271,7 @@ impl Writer {
                         );
                     }
                     failing = true;
+                    self.status.failing.store(true, Ordering::SeqCst);
                     for waiter in waiters.drain(..) {
                         let _ = waiter.send(false);
                     }
@@ -268,7 +280,7 @@ impl Writer {
                 }
             }
         }
-        self.stopped.store(true, Ordering::SeqCst);
+        self.status.stopped.store(true, Ordering::SeqCst);
         let outcome = self.commit();
         if let Err(error) = &outcome {
             tracing::error!(
@@ -458,11 +470,11 @@ impl Writer {
 
 /// Marks the writer stopped when dropped, so requests are refused rather than served with
 /// records nobody will write.
-struct StopFlag(Arc<AtomicBool>);
+struct StopFlag(Arc<WriterStatus>);
 
 impl Drop for StopFlag {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.stopped.store(true, Ordering::SeqCst);
     }
 }
 
@@ -543,7 +555,7 @@ mod tests {
             None,
             AuditIndex::open(store, dir).unwrap(),
             publisher,
-            Arc::new(AtomicBool::new(false)),
+            Arc::new(WriterStatus::default()),
         )
     }
 
