@@ -149,6 +149,35 @@ impl Validator<'_> {
         }
     }
 
+    /// A duration within `range`; a range starting at zero takes any positive length up to
+    /// its end. Outside it, the mistake is reported and `default` used.
+    fn duration_in(
+        &mut self,
+        key: &str,
+        value: &Opt<String>,
+        default: Duration,
+        range: RangeInclusive<Duration>,
+    ) -> Duration {
+        let duration = self.duration(key, value, default);
+        match value {
+            Some(value) if !range.contains(&duration) => {
+                let (min, max) = (range.start(), range.end());
+                let message = if min.is_zero() {
+                    format!("must be at most {}", humantime::format_duration(*max))
+                } else {
+                    format!(
+                        "must be between {} and {}",
+                        humantime::format_duration(*min),
+                        humantime::format_duration(*max)
+                    )
+                };
+                self.report(key, &value.span(), message);
+                default
+            }
+            _ => duration,
+        }
+    }
+
     fn count(
         &mut self,
         key: &str,

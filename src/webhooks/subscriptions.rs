@@ -441,13 +441,7 @@ impl Subscriptions {
                 more = true;
                 break;
             }
-            let Some(id) = key
-                .get(prefix.len()..)
-                .and_then(|rest| std::str::from_utf8(rest).ok())
-                .and_then(|text| text.parse::<SubscriptionId>().ok())
-            else {
-                return Err(StoreError::corrupt(SUBSCRIPTIONS_BY_ORG_TREE, &key).into());
-            };
+            let id = id_of_index_key(&key, prefix.len())?;
             match self.load(&id, false)? {
                 Some(found) if found.org == org => subscriptions.push(found),
                 // An index entry whose record is gone or not this tenant's: skip it.
@@ -494,13 +488,7 @@ impl Subscriptions {
         let mut found = Vec::new();
         for entry in self.by_org.scan_prefix(&prefix) {
             let (key, _) = entry?;
-            let Some(id) = key
-                .get(prefix.len()..)
-                .and_then(|rest| std::str::from_utf8(rest).ok())
-                .and_then(|text| text.parse::<SubscriptionId>().ok())
-            else {
-                return Err(StoreError::corrupt(SUBSCRIPTIONS_BY_ORG_TREE, &key).into());
-            };
+            let id = id_of_index_key(&key, prefix.len())?;
             let Some(record) = self.records.get_json::<Record>(id.as_str().as_bytes())? else {
                 continue;
             };
@@ -691,6 +679,14 @@ fn index_key(org: &str, id: &SubscriptionId) -> Vec<u8> {
     let mut key = org_prefix(org);
     key.extend_from_slice(id.as_str().as_bytes());
     key
+}
+
+/// The subscription id after the `prefix_len` bytes of an org prefix in an index key.
+fn id_of_index_key(key: &[u8], prefix_len: usize) -> Result<SubscriptionId, StoreError> {
+    key.get(prefix_len..)
+        .and_then(|rest| std::str::from_utf8(rest).ok())
+        .and_then(|text| text.parse::<SubscriptionId>().ok())
+        .ok_or_else(|| StoreError::corrupt(SUBSCRIPTIONS_BY_ORG_TREE, key))
 }
 
 #[cfg(test)]

@@ -93,17 +93,17 @@ impl Validator<'_> {
                 }
             },
         };
-        let commit_interval = self.bounded_duration(
+        let commit_interval = self.duration_in(
             "audit.commit_interval",
             &raw.commit_interval,
             defaults.commit_interval,
-            MAX_COMMIT_INTERVAL,
+            Duration::ZERO..=MAX_COMMIT_INTERVAL,
         );
-        let block_timeout = self.bounded_duration(
+        let block_timeout = self.duration_in(
             "audit.block_timeout",
             &raw.block_timeout,
             defaults.block_timeout,
-            MAX_BLOCK_TIMEOUT,
+            Duration::ZERO..=MAX_BLOCK_TIMEOUT,
         );
         let query_path = self.builtin_path("audit.query_path", &raw.query_path, "/v1/audit/events");
         if let (Some(path), Some(value)) = (&query_path, &raw.query_path) {
@@ -164,26 +164,5 @@ impl Validator<'_> {
             query_path: query_path.filter(|_| enabled),
             query_scope,
         }
-    }
-
-    fn bounded_duration(
-        &mut self,
-        key: &str,
-        value: &super::super::raw::Opt<String>,
-        default: Duration,
-        max: Duration,
-    ) -> Duration {
-        let duration = self.duration(key, value, default);
-        if let Some(value) = value {
-            if duration > max {
-                self.report(
-                    key,
-                    &value.span(),
-                    format!("must be at most {}", humantime::format_duration(max)),
-                );
-                return default;
-            }
-        }
-        duration
     }
 }

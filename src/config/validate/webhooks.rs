@@ -140,17 +140,17 @@ impl Validator<'_> {
                 defaults.retry_jitter
             }
         };
-        let delivery_timeout = self.capped_duration(
+        let delivery_timeout = self.duration_in(
             "webhooks.delivery_timeout",
             &raw.delivery_timeout,
             defaults.delivery_timeout,
-            MAX_DELIVERY_TIMEOUT,
+            Duration::ZERO..=MAX_DELIVERY_TIMEOUT,
         );
-        let rotation_grace = self.capped_duration(
+        let rotation_grace = self.duration_in(
             "webhooks.rotation_grace",
             &raw.rotation_grace,
             defaults.rotation_grace,
-            MAX_ROTATION_GRACE,
+            Duration::ZERO..=MAX_ROTATION_GRACE,
         );
         let (subscriptions_path, deliveries_path) = self.webhook_paths(&raw, auth, audit);
         let scope = match &raw.scope {
@@ -212,32 +212,18 @@ impl Validator<'_> {
                 defaults.max_subscriptions_per_org as u64,
                 SUBSCRIPTIONS_RANGE,
             ) as usize,
-            retention: self.retention("webhooks.retention", &raw.retention, defaults.retention),
-            dead_retention: self.retention(
+            retention: self.duration_in(
+                "webhooks.retention",
+                &raw.retention,
+                defaults.retention,
+                RETENTION_RANGE,
+            ),
+            dead_retention: self.duration_in(
                 "webhooks.dead_retention",
                 &raw.dead_retention,
                 defaults.dead_retention,
+                RETENTION_RANGE,
             ),
-        }
-    }
-
-    /// A retention period within [`RETENTION_RANGE`].
-    fn retention(&mut self, key: &str, value: &Opt<String>, default: Duration) -> Duration {
-        let duration = self.duration(key, value, default);
-        match value {
-            Some(value) if !RETENTION_RANGE.contains(&duration) => {
-                self.report(
-                    key,
-                    &value.span(),
-                    format!(
-                        "must be between {} and {}",
-                        humantime::format_duration(*RETENTION_RANGE.start()),
-                        humantime::format_duration(*RETENTION_RANGE.end())
-                    ),
-                );
-                default
-            }
-            _ => duration,
         }
     }
 
@@ -520,27 +506,6 @@ impl Validator<'_> {
             }
         }
         (subscriptions, deliveries)
-    }
-
-    fn capped_duration(
-        &mut self,
-        key: &str,
-        value: &Opt<String>,
-        default: Duration,
-        max: Duration,
-    ) -> Duration {
-        let duration = self.duration(key, value, default);
-        match value {
-            Some(value) if duration > max => {
-                self.report(
-                    key,
-                    &value.span(),
-                    format!("must be at most {}", humantime::format_duration(max)),
-                );
-                default
-            }
-            _ => duration,
-        }
     }
 
     /// A file holding a secret: readable, a regular file, and private to its owner.
