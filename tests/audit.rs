@@ -1599,12 +1599,7 @@ impl Served {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(&self.child, name);
     }
 
     /// Waits for the process to exit and returns its status and every remaining log line.

@@ -3,7 +3,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -22,35 +22,6 @@ fn write_policy(pki: &TestPki, upstream: &str, server_extra: &str) -> std::path:
     let path = pki.dir.path().join("policy.toml");
     std::fs::write(&path, policy_text(pki, upstream, &settings)).unwrap();
     path
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    for _ in 0..200 {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("the process did not exit");
-}
-
-fn port_of(line: &str) -> u16 {
-    let addr = line
-        .split("listen=")
-        .nth(1)
-        .expect("listen= in the log line");
-    let addr = addr.split_whitespace().next().unwrap();
-    addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 #[test]
@@ -197,7 +168,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         .spawn()
         .unwrap();
     let log = child_lines(child.stderr.take().unwrap());
-    let port = port_of(&wait_for_line(&log, "portcullis listening"));
+    let port = listen_port(&wait_for_line(&log, "portcullis listening"));
 
     let client = h1_client(&pki.paths.ca);
     let request = http::Request::get(format!("https://localhost:{port}/v1/echo/slow"))
@@ -215,13 +186,14 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    signal(&child, "TERM");
+    send_signal(&child, "TERM");
     let (parts, body) = request.await.unwrap();
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(&body[..], b"slow but complete");
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child))
-        .await
-        .unwrap();
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
     assert_eq!(status.code(), Some(0));
     wait_for_line(&log, "portcullis stopped");
 }
@@ -294,9 +266,10 @@ async fn demo_serves_a_fake_clinical_note_through_the_proxy() {
     assert_eq!(parts.status, StatusCode::NOT_FOUND);
     assert_eq!(problem(&parts, &body)["code"], "route.unknown");
 
-    signal(&child, "INT");
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child))
-        .await
-        .unwrap();
+    send_signal(&child, "INT");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
     assert_eq!(status.code(), Some(0));
 }

@@ -1107,28 +1107,15 @@ fn serve(policy: &Path) -> Running {
     let log = child_lines(child.stderr.take().unwrap());
     let child = KillOnDrop(child);
     let line = wait_for_line(&log, "portcullis listening");
-    let addr = line.split("listen=").nth(1).unwrap();
-    let addr = addr.split_whitespace().next().unwrap();
-    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let port = listen_port(&line);
     // Keep draining the log so the child never blocks on a full pipe.
     std::thread::spawn(move || while log.recv().is_ok() {});
     Running { child, port }
 }
 
 fn kill(running: &mut Running, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(running.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    for _ in 0..200 {
-        if running.child.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("the sidecar did not exit after SIG{signal}");
+    send_signal(&running.child, signal);
+    wait_exit(&mut running.child, Duration::from_secs(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
-use common::{child_lines, get, h1_client, wait_for_line, KillOnDrop};
+use common::{child_lines, get, h1_client, listen_port, wait_for_line, KillOnDrop};
 use http::StatusCode;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -219,12 +219,6 @@ fn init_refuses_a_bad_hostname_or_a_file_as_directory() {
     );
 }
 
-fn port_of(line: &str) -> u16 {
-    let addr = line.split("listen=").nth(1).expect("listen= in the line");
-    let addr = addr.split_whitespace().next().unwrap();
-    addr.rsplit(':').next().unwrap().parse().unwrap()
-}
-
 /// A handshake naming `host`, trusting only init's CA.
 async fn handshake(port: u16, ca: &Path, host: &str) -> Result<(), std::io::Error> {
     let mut roots = rustls::RootCertStore::empty();
@@ -290,7 +284,7 @@ async fn the_starter_serves_a_first_tls_handshake_with_init_secrets() {
         .unwrap();
     let log = child_lines(child.stderr.take().unwrap());
     let child = KillOnDrop(child);
-    let port = port_of(&wait_for_line(&log, "portcullis listening"));
+    let port = listen_port(&wait_for_line(&log, "portcullis listening"));
 
     let ca = conf.join("tls/ca.pem");
     for host in ["localhost", "127.0.0.1"] {

@@ -52,12 +52,7 @@ struct Proc(KillOnDrop);
 
 impl Proc {
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.0.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(&self.0, name);
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {

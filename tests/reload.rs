@@ -809,17 +809,7 @@ impl Running {
             port: 0,
             log,
         };
-        let line = running.wait_for_line("portcullis listening");
-        let addr = line.split("listen=").nth(1).unwrap();
-        running.port = addr
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        running.port = listen_port(&running.wait_for_line("portcullis listening"));
         running
     }
 
@@ -828,12 +818,7 @@ impl Running {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(&self.child, name);
     }
 }
 

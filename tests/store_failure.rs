@@ -83,30 +83,13 @@ impl Instance {
                 self.seen.push(line);
             },
         };
-        line.split("listen=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|addr| addr.rsplit(':').next())
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"))
+        listen_port(&line)
     }
 
     /// SIGTERM, then the exit status; panics if the process is still there after `within`.
     fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running {within:?} after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        send_signal(&self.child, "TERM");
+        wait_exit(&mut self.child, within)
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{child_lines, get, h1_client, handler, send, wait_for_line, Backend};
+use common::{child_lines, get, h1_client, handler, listen_port, send, wait_for_line, Backend};
 use http::{Response, StatusCode};
 use portcullis::body::full_body;
 use portcullis::init;
@@ -494,13 +494,7 @@ async fn the_binary_stays_inside_the_unit_syscall_filter() {
     };
     let log = child_lines(traced.strace.stderr.take().unwrap());
     let listening = wait_for_line(&log, "portcullis listening");
-    let port: u16 = listening
-        .split("listen=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|addr| addr.rsplit(':').next())
-        .and_then(|port| port.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {listening}"));
+    let port = listen_port(&listening);
     let strace_pid = traced.strace.id();
     let server_pid = fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
         .unwrap()

@@ -1330,44 +1330,17 @@ async fn the_audit_stream_continues_after_a_restart_without_repeats_or_gaps() {
 // A crash: the real binary, SIGKILLed while events are ingested and delivered
 
 mod crash {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
+    use std::process::{Command, Stdio};
 
     use super::*;
 
     pub struct Running {
-        pub child: Child,
+        pub child: KillOnDrop,
         pub internal: u16,
     }
 
-    impl Drop for Running {
-        fn drop(&mut self) {
-            if matches!(self.child.try_wait(), Ok(None)) {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-    }
-
-    fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        rx
-    }
-
-    fn port_after(line: &str) -> Option<u16> {
-        let addr = line.split("listen=").nth(1)?;
-        let addr = addr.split_whitespace().next()?;
-        addr.trim_matches('"').rsplit(':').next()?.parse().ok()
-    }
-
+    /// Starts the real binary and waits until both its listeners are up (they log in
+    /// either order).
     pub fn serve(policy: &Path) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["serve", "--config"])
@@ -1376,43 +1349,28 @@ mod crash {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = lines(child.stderr.take().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut internal = None;
-        let mut main = false;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match log.recv_timeout(left) {
-                Ok(line) if line.contains("internal listener listening") => {
-                    internal = port_after(&line)
-                }
-                Ok(line) if line.contains("portcullis listening") => main = true,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-            if let (Some(internal), true) = (internal, main) {
-                std::thread::spawn(move || while log.recv().is_ok() {});
-                return Running { child, internal };
+        let log = child_lines(child.stderr.take().unwrap());
+        let child = KillOnDrop(child);
+        let (mut internal, mut main) = (None, false);
+        while internal.is_none() || !main {
+            let line = wait_for_line(&log, "listening");
+            if line.contains("internal listener listening") {
+                internal = Some(listen_port(&line));
+            } else if line.contains("portcullis listening") {
+                main = true;
             }
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the sidecar did not start");
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || while log.recv().is_ok() {});
+        Running {
+            child,
+            internal: internal.unwrap_or_default(),
+        }
     }
 
     pub fn kill(running: &mut Running, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(running.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        for _ in 0..400 {
-            if running.child.try_wait().unwrap().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("the sidecar did not exit after SIG{signal}");
+        send_signal(&running.child, signal);
+        wait_exit(&mut running.child, Duration::from_secs(10));
     }
 }
 

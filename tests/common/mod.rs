@@ -681,3 +681,41 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// The port of the address in a log line's `listen=` field (pretty format).
+pub fn listen_port(line: &str) -> u16 {
+    line.split("listen=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.trim_matches('"').rsplit(':').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no listen= port in {line:?}"))
+}
+
+/// Sends `signal` (a name: `TERM`, `HUP`, `KILL`) to `child` with kill(1).
+pub fn send_signal(child: &std::process::Child, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill(1) runs");
+    assert!(sent.success(), "kill -{signal} failed");
+}
+
+/// Waits up to `within` for `child` to exit; its status. Panics if it is still running.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("the child can be waited for") {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("still running {within:?} later");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
